@@ -1,0 +1,126 @@
+"""Thin FlashInfer execution for sliding layers: plan once per batch, run per layer.
+
+No SGLang here: the backend feeds these from a ForwardBatch, the GPU tests from a
+synthetic KV pool, so both exercise exactly the same calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from flashinfer import BatchDecodeWithPagedKVCacheWrapper, BatchPrefillWithPagedKVCacheWrapper
+from flashinfer.cascade import merge_state_in_place
+
+from .planning import Segments, kv_slots, plan_decode, plan_extra, plan_window
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    num_qo_heads: int
+    num_kv_heads: int
+    head_dim: int
+    q_dtype: torch.dtype
+    kv_dtype: torch.dtype
+
+
+class _Ones:
+    """Last-page lengths: always 1 (a page-size-1 view of the pool)."""
+
+    def __init__(self, device: torch.device):
+        self.buf = torch.ones(4096, dtype=torch.int32, device=device)
+
+    def __call__(self, n: int) -> torch.Tensor:
+        if self.buf.numel() < n:
+            self.buf = torch.ones(2 * n, dtype=torch.int32, device=self.buf.device)
+        return self.buf[:n]
+
+
+def slots_on_device(seg: Segments, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor) -> torch.Tensor:
+    """A plan built on the CPU -> KV pool slots on the pool's device (one gather)."""
+    dev = req_to_token.device
+    on_device = Segments(
+        seg.qo_indptr, seg.kv_indptr, seg.kv_req.to(dev, non_blocking=True), seg.kv_pos.to(dev, non_blocking=True)
+    )
+    return kv_slots(on_device, req_to_token, req_pool_indices)
+
+
+class SlidingPrefill:
+    """Window pass (``window_left = W - 1``) + extra pass (sinks, ...), merged in place."""
+
+    def __init__(self, workspace: torch.Tensor, heads: HeadConfig, window: int, keep_first: int):
+        self.heads, self.window, self.keep_first = heads, window, keep_first
+        self.window_wrapper = BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", backend="fa2")
+        self.extra_wrapper = BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", backend="fa2")
+        self.ones = _Ones(workspace.device)
+        self.merge_mask: Optional[torch.Tensor] = None
+
+    def _plan(self, wrapper, seg: Segments, slots: torch.Tensor, causal: bool, window_left: int) -> None:
+        h = self.heads
+        wrapper.plan(
+            seg.qo_indptr, seg.kv_indptr, slots, self.ones(seg.num_segments),
+            h.num_qo_heads, h.num_kv_heads, h.head_dim, 1,
+            causal=causal, window_left=window_left, q_data_type=h.q_dtype, kv_data_type=h.kv_dtype,
+        )
+
+    def plan(
+        self,
+        prefix_lens_cpu: torch.Tensor,
+        extend_lens_cpu: torch.Tensor,
+        req_to_token: torch.Tensor,
+        req_pool_indices: torch.Tensor,
+        full_rows_cpu: Optional[torch.Tensor] = None,
+    ) -> None:
+        win = plan_window(prefix_lens_cpu, extend_lens_cpu, self.window)
+        self._plan(self.window_wrapper, win, slots_on_device(win, req_to_token, req_pool_indices), True, self.window - 1)
+        extra = plan_extra(prefix_lens_cpu, extend_lens_cpu, self.window, self.keep_first, full_rows_cpu)
+        self.merge_mask = None
+        if not extra.empty:
+            seg = extra.segments
+            self._plan(self.extra_wrapper, seg, slots_on_device(seg, req_to_token, req_pool_indices), False, -1)
+            self.merge_mask = extra.merge_mask.to(req_to_token.device, non_blocking=True)
+
+    def run(self, q: torch.Tensor, kv_cache, sm_scale: float, logits_soft_cap: float = 0.0,
+            k_scale: Optional[float] = None, v_scale: Optional[float] = None) -> torch.Tensor:
+        """q ``[tokens, hq, d]`` -> out ``[tokens, hq, d]``; KV of these tokens must already be in the pool."""
+        o, lse = self.window_wrapper.forward_return_lse(
+            q, kv_cache, causal=True, window_left=self.window - 1, sm_scale=sm_scale,
+            logits_soft_cap=logits_soft_cap, k_scale=k_scale, v_scale=v_scale,
+        )
+        if self.merge_mask is not None:
+            o_extra, lse_extra = self.extra_wrapper.forward_return_lse(
+                q, kv_cache, causal=False, sm_scale=sm_scale,
+                logits_soft_cap=logits_soft_cap, k_scale=k_scale, v_scale=v_scale,
+            )
+            merge_state_in_place(o, lse, o_extra, lse_extra, mask=self.merge_mask)
+        return o
+
+
+class SlidingDecode:
+    """Decode without FA decode: one pass over ``sinks ++ last W``."""
+
+    def __init__(self, wrapper: BatchDecodeWithPagedKVCacheWrapper, heads: HeadConfig, window: int, keep_first: int):
+        self.wrapper, self.heads, self.window, self.keep_first = wrapper, heads, window, keep_first
+        self.ones = _Ones(wrapper._float_workspace_buffer.device)
+
+    @staticmethod
+    def make_wrapper(workspace: torch.Tensor, **graph_buffers) -> BatchDecodeWithPagedKVCacheWrapper:
+        # tensor cores: GQA-friendly and measured fastest for these short index lists
+        return BatchDecodeWithPagedKVCacheWrapper(
+            workspace, "NHD", use_tensor_cores=True, use_cuda_graph=bool(graph_buffers), **graph_buffers
+        )
+
+    def plan(self, seq_lens_cpu: torch.Tensor, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor) -> None:
+        h = self.heads
+        seg = plan_decode(seq_lens_cpu, self.window, self.keep_first)
+        self.wrapper.plan(
+            seg.kv_indptr, slots_on_device(seg, req_to_token, req_pool_indices), self.ones(seg.num_segments),
+            h.num_qo_heads, h.num_kv_heads, h.head_dim, 1, data_type=h.kv_dtype, q_data_type=h.q_dtype,
+        )
+
+    def run(self, q: torch.Tensor, kv_cache, sm_scale: float, logits_soft_cap: float = 0.0,
+            k_scale: Optional[float] = None, v_scale: Optional[float] = None) -> torch.Tensor:
+        return self.wrapper.forward(
+            q, kv_cache, sm_scale=sm_scale, logits_soft_cap=logits_soft_cap, k_scale=k_scale, v_scale=v_scale
+        )

@@ -1,0 +1,173 @@
+"""Batch planning for SWAA on FlashInfer: which KV positions each query reads.
+
+Pure tensor code (CPU or GPU), no FlashInfer and no SGLang: the CPU suite checks
+every plan here against ``swaa_sglang.reference.visibility_mask`` by brute force.
+
+A plan is a list of *segments* in FlashInfer's page-size-1 layout: segment s owns
+query rows ``qo_indptr[s]:qo_indptr[s+1]`` (rows of the batch's packed queries)
+and keys ``kv_pos[kv_indptr[s]:kv_indptr[s+1]]`` (absolute positions within the
+request ``kv_req`` of those keys). The backend turns (request, position) into KV
+pool slots with one gather through ``req_to_token``.
+
+A sliding layer is computed as up to two passes merged by log-sum-exp:
+
+* the **window pass** (one segment per request, ``causal=True``,
+  ``window_left = W - 1``): every query sees ``i - W < j <= i``;
+* the **extra pass** (``causal=False``): keys visible by the rule but outside the
+  window, all with ``j <= i - W``, so no key is counted twice. For a prompt row
+  these are the sinks ``j < min(k, i - W + 1)``; for a generated row with FA
+  decode, everything before the window, ``j <= i - W``. Rows with the same extra
+  key set share a segment: the rows that see all k sinks form one segment and
+  need no mask at all; only the at most k - 1 rows that see part of the sinks get
+  a segment each. Rows with no extra key still belong to a segment (FlashInfer
+  tiles the rows contiguously), read one dummy key, and are left out of the
+  merge by ``merge_mask``.
+
+Decode on a sliding layer without FA decode is one pass over ``sinks ++ window``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Segments:
+    """FlashInfer paged-KV plan input (page size 1), keys given as (request, position)."""
+
+    qo_indptr: torch.Tensor  # [n_seg + 1] int32: query rows of each segment
+    kv_indptr: torch.Tensor  # [n_seg + 1] int32: keys of each segment
+    kv_req: torch.Tensor  # [nnz] int64: batch index of each key's request
+    kv_pos: torch.Tensor  # [nnz] int64: absolute position of each key in its request
+
+    @property
+    def num_segments(self) -> int:
+        return self.qo_indptr.numel() - 1
+
+
+@dataclass(frozen=True)
+class ExtraPlan:
+    segments: Segments
+    merge_mask: torch.Tensor  # [total_q] bool: rows that have extra keys (merge these)
+
+    @property
+    def empty(self) -> bool:
+        """No row has an extra key: the pass can be skipped."""
+        return not bool(self.merge_mask.any())
+
+
+def _indptr(lengths: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros(lengths.numel() + 1, dtype=torch.int32, device=lengths.device)
+    out[1:] = torch.cumsum(lengths, 0)
+    return out
+
+
+def _ranges(starts: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate ``arange(start, start + length)`` per segment; also the segment id of each item."""
+    lengths = lengths.long()
+    seg = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths)
+    first = torch.cumsum(lengths, 0) - lengths
+    offsets = torch.arange(seg.numel(), device=lengths.device) - first[seg]
+    return seg, starts.long()[seg] + offsets
+
+
+def _segments(req: torch.Tensor, q_len: torch.Tensor, kv_start: torch.Tensor, kv_len: torch.Tensor) -> Segments:
+    seg_of_key, kv_pos = _ranges(kv_start, kv_len)
+    return Segments(_indptr(q_len), _indptr(kv_len), req.long()[seg_of_key], kv_pos)
+
+
+def plan_window(prefix_lens: torch.Tensor, extend_lens: torch.Tensor, window: int) -> Segments:
+    """Window pass: per request, keys ``[max(0, prefix - W + 1), prefix + extend)``.
+
+    With ``causal=True`` and ``window_left = W - 1`` FlashInfer aligns the last query
+    with the last key, so the trimmed start keeps the rule exact (keys before it are
+    outside every query's window) and saves reading them.
+    """
+    bs = prefix_lens.numel()
+    start = torch.clamp(prefix_lens - (window - 1), min=0)
+    req = torch.arange(bs, device=prefix_lens.device)
+    return _segments(req, extend_lens, start, prefix_lens + extend_lens - start)
+
+
+def plan_extra(
+    prefix_lens: torch.Tensor,
+    extend_lens: torch.Tensor,
+    window: int,
+    keep_first: int,
+    full_rows: torch.Tensor | None = None,
+) -> ExtraPlan:
+    """Extra pass for a sliding layer: keys visible by the rule but outside the window.
+
+    ``full_rows`` ([bs] bool) marks requests whose rows attend to everything before the
+    window: generated rows on a layer with FA decode (one row each, in mixed batches).
+    """
+    device = prefix_lens.device
+    bs = prefix_lens.numel()
+    p, e = prefix_lens.long(), extend_lens.long()
+    if full_rows is None:
+        full_rows = torch.zeros(bs, dtype=torch.bool, device=device)
+    w, k = window, keep_first
+    # Per request, rows i in [p, p + e) split into three runs by position:
+    #   head    i < W              no extra key
+    #   partial W <= i < W + k - 1  sinks [0, i - W + 1), one segment per row
+    #   tail    i >= W + k - 1     all k sinks (or, for full rows, [0, i - W + 1))
+    end = p + e
+    head_end = torch.clamp(torch.minimum(end, torch.full_like(end, w)), min=0)
+    head_end = torch.maximum(head_end, p)
+    tail_start = torch.maximum(p, torch.full_like(p, w + max(k - 1, 0)))
+    tail_start = torch.minimum(tail_start, end)
+    n_head = head_end - p
+    n_partial = torch.where(full_rows, 0, tail_start - head_end)
+    n_tail = torch.where(full_rows, e - n_head, end - tail_start)
+
+    # Segment table, request-major: [head?, partial rows..., tail?] for each request.
+    has_head = n_head > 0
+    has_tail = n_tail > 0
+    segs_per_req = has_head.long() + n_partial + has_tail.long()
+    seg_req = torch.repeat_interleave(torch.arange(bs, device=device), segs_per_req)
+    seg_rank = torch.arange(seg_req.numel(), device=device) - (torch.cumsum(segs_per_req, 0) - segs_per_req)[seg_req]
+    r_has_head = has_head[seg_req].long()
+    is_head = (seg_rank == 0) & has_head[seg_req]
+    is_tail = has_tail[seg_req] & (seg_rank == segs_per_req[seg_req] - 1)
+    is_partial = ~is_head & ~is_tail
+
+    # Query rows per segment and the position of each segment's first row.
+    q_len = torch.where(is_head, n_head[seg_req], torch.where(is_tail, n_tail[seg_req], 1))
+    first_pos = torch.where(
+        is_head, p[seg_req], torch.where(is_tail, end[seg_req] - n_tail[seg_req], head_end[seg_req] + seg_rank - r_has_head)
+    )
+    # Keys per segment: all start at position 0.
+    tail_keys = torch.where(full_rows[seg_req], torch.clamp(end[seg_req] - w, min=0), torch.full_like(seg_req, k))
+    kv_len = torch.where(is_head, 1, torch.where(is_tail, tail_keys, first_pos - w + 1))
+    kv_len = torch.where(kv_len > 0, kv_len, 1)  # an empty row set reads one dummy key, not merged
+    segments = _segments(seg_req, q_len, torch.zeros_like(kv_len), kv_len)
+
+    # A row merges iff it sees some key j <= i - W: position i >= W and
+    # (sinks exist, or it is a full row).
+    row_req, row_pos = _ranges(p, e)
+    merge_mask = (row_pos >= w) & ((k > 0) | full_rows[row_req])
+    return ExtraPlan(segments, merge_mask)
+
+
+def plan_decode(seq_lens: torch.Tensor, window: int, keep_first: int) -> Segments:
+    """Decode on a sliding layer without FA decode: keys ``sinks ++ last W``, one query each.
+
+    ``seq_lens`` includes the token being decoded (its KV is written first).
+    """
+    bs = seq_lens.numel()
+    L = seq_lens.long()
+    n_sink = torch.clamp(L, max=keep_first)
+    win_start = torch.maximum(n_sink, L - window)
+    # Two ranges per request, interleaved so each request's keys stay contiguous.
+    starts = torch.stack([torch.zeros_like(L), win_start], 1).flatten()
+    lens = torch.stack([n_sink, L - win_start], 1).flatten()
+    seg_of_key, kv_pos = _ranges(starts, lens)
+    req = torch.arange(bs, device=seq_lens.device)
+    return Segments(_indptr(torch.ones_like(L)), _indptr(n_sink + L - win_start), req[seg_of_key // 2], kv_pos)
+
+
+def kv_slots(segments: Segments, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor) -> torch.Tensor:
+    """KV pool slot of every key in a plan (int32, FlashInfer's ``paged_kv_indices``)."""
+    return req_to_token[req_pool_indices.long()[segments.kv_req], segments.kv_pos].to(torch.int32)

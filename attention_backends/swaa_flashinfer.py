@@ -1,0 +1,132 @@
+"""SWAA attention backend for SGLang 0.5.17 on FlashInfer.
+
+Full layers, and decode on sliding layers with FA decode, run SGLang's own
+FlashInfer backend unchanged (this class extends it). Sliding layers add, via
+:mod:`attention_backends.flashinfer_ops`:
+
+* extend (prefill, chunked prefill over a cached prefix, mixed batches): a
+  windowed paged pass plus an extra pass over the sinks outside the window,
+  merged in place by log-sum-exp;
+* decode without FA decode: one pass over ``sinks ++ last W`` (CUDA graphs too).
+
+Plans are built on the CPU from SGLang's ``*_cpu`` lengths, once per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Optional
+
+import torch
+from sglang.srt.layers.attention.flashinfer_backend import FlashInferAttnBackend
+from sglang.srt.mem_cache.memory_pool import KVWriteLoc
+
+from swaa_sglang.config import SWAAConfig
+
+from .flashinfer_ops import HeadConfig, SlidingDecode, SlidingPrefill
+
+if TYPE_CHECKING:
+    from sglang.srt.layers.radix_attention import RadixAttention
+    from sglang.srt.model_executor.forward_batch_info import ForwardBatch
+    from sglang.srt.model_executor.model_runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+
+def _lens(cpu_lens, device_lens: torch.Tensor) -> torch.Tensor:
+    return device_lens.cpu().long() if cpu_lens is None else torch.as_tensor(cpu_lens, dtype=torch.int64)
+
+
+class SWAAFlashInferBackend(FlashInferAttnBackend):
+    def __init__(self, model_runner: ModelRunner, config: SWAAConfig):
+        super().__init__(model_runner, init_new_workspace=model_runner.init_new_workspace)
+        self.swaa = config
+        num_layers = model_runner.model_config.num_hidden_layers
+        self.sliding_layers = frozenset(i for i in range(num_layers) if config.is_sliding(i))
+        self.windowed_decode_layers = frozenset(i for i in range(num_layers) if config.windowed_decode(i))
+        upd = self.indices_updater_decode
+        self.heads = HeadConfig(upd.num_qo_heads, upd.num_kv_heads, upd.head_dim, upd.q_data_type, upd.data_type)
+        w, k = config.sliding_window_size, config.keep_first
+        self.prefill = SlidingPrefill(self.workspace_buffer, self.heads, w, k) if self.sliding_layers else None
+        self.eager_decode = SlidingDecode(SlidingDecode.make_wrapper(self.workspace_buffer), self.heads, w, k)
+        self.graph_decode: dict[int, SlidingDecode] = {}
+        self.decode: Optional[SlidingDecode] = None  # the one planned for the current batch
+        logger.info(
+            "SWAA backend: %s; sliding layers %d/%d, windowed decode on %d",
+            config.to_json(), len(self.sliding_layers), num_layers, len(self.windowed_decode_layers),
+        )
+
+    # -- planning, once per batch ---------------------------------------------
+    def init_forward_metadata(self, forward_batch: ForwardBatch):
+        super().init_forward_metadata(forward_batch)
+        mode = forward_batch.forward_mode
+        if mode.is_decode_or_idle():
+            self.decode = None
+            if self.windowed_decode_layers and not mode.is_idle():
+                self.decode = self._plan_decode(self.eager_decode, forward_batch, forward_batch.batch_size)
+        elif self.prefill is not None:
+            # Generated rows of mixed batches follow prompt semantics (right without FA
+            # decode; mixed chunks with FA decode are refused at start).
+            self.prefill.plan(
+                torch.as_tensor(forward_batch.extend_prefix_lens_cpu, dtype=torch.int64),
+                torch.as_tensor(forward_batch.extend_seq_lens_cpu, dtype=torch.int64),
+                self.req_to_token_pool.req_to_token,
+                forward_batch.req_pool_indices,
+            )
+
+    def _plan_decode(self, decode: SlidingDecode, forward_batch: ForwardBatch, bs: int) -> SlidingDecode:
+        seq_lens = _lens(forward_batch.seq_lens_cpu, forward_batch.seq_lens)[:bs]
+        decode.plan(seq_lens, self.req_to_token_pool.req_to_token, forward_batch.req_pool_indices[:bs])
+        return decode
+
+    # -- decode CUDA graphs: fixed buffers per captured batch size ---------------
+    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int, kv_indices_buf=None):
+        super().init_cuda_graph_state(max_bs, max_num_tokens, kv_indices_buf)
+        per_req = self.swaa.sliding_window_size + self.swaa.keep_first if self.windowed_decode_layers else 0
+        dev = self.workspace_buffer.device
+        self.graph_kv_indptr = torch.zeros(max_bs + 1, dtype=torch.int32, device=dev)
+        self.graph_kv_indices = torch.zeros(max(max_bs * per_req, 1), dtype=torch.int32, device=dev)
+        self.graph_last_page_len = torch.ones(max_bs, dtype=torch.int32, device=dev)
+
+    def init_forward_metadata_out_graph(self, forward_batch: ForwardBatch, in_capture: bool = False):
+        super().init_forward_metadata_out_graph(forward_batch, in_capture)
+        if not (self.windowed_decode_layers and forward_batch.forward_mode.is_decode_or_idle()):
+            return
+        bs = forward_batch.batch_size
+        if in_capture:
+            wrapper = SlidingDecode.make_wrapper(
+                self.workspace_buffer,
+                paged_kv_indptr_buffer=self.graph_kv_indptr[: bs + 1],
+                paged_kv_indices_buffer=self.graph_kv_indices,
+                paged_kv_last_page_len_buffer=self.graph_last_page_len[:bs],
+            )
+            self.graph_decode[bs] = SlidingDecode(wrapper, self.heads, self.swaa.sliding_window_size, self.swaa.keep_first)
+        self.decode = self._plan_decode(self.graph_decode[bs], forward_batch, bs)
+
+    # -- execution, per layer -----------------------------------------------------
+    def _save_kv(self, layer: RadixAttention, forward_batch: ForwardBatch, k, v) -> None:
+        loc = KVWriteLoc(forward_batch.out_cache_loc, self.forward_metadata.swa_out_cache_loc)
+        self.token_to_kv_pool.set_kv_buffer(layer, loc, k, v, *self._kv_write_scales(layer))
+
+    def _run(self, op, q, layer: RadixAttention):
+        o = op.run(
+            q.contiguous().view(-1, layer.tp_q_head_num, layer.head_dim),
+            self.token_to_kv_pool.get_kv_buffer(layer.layer_id),
+            sm_scale=layer.scaling, logits_soft_cap=layer.logit_cap,
+            k_scale=layer.k_scale_float, v_scale=layer.v_scale_float,
+        )
+        return o.view(-1, layer.tp_q_head_num * layer.head_dim)
+
+    def forward_extend(self, q, k, v, layer: RadixAttention, forward_batch: ForwardBatch, save_kv_cache=True):
+        if layer.layer_id not in self.sliding_layers:
+            return super().forward_extend(q, k, v, layer, forward_batch, save_kv_cache)
+        if k is not None and save_kv_cache:
+            self._save_kv(layer, forward_batch, k, v)
+        return self._run(self.prefill, q, layer)
+
+    def forward_decode(self, q, k, v, layer: RadixAttention, forward_batch: ForwardBatch, save_kv_cache=True):
+        if layer.layer_id not in self.windowed_decode_layers:
+            return super().forward_decode(q, k, v, layer, forward_batch, save_kv_cache)
+        if k is not None and save_kv_cache:
+            self._save_kv(layer, forward_batch, k, v)
+        return self._run(self.decode, q, layer)

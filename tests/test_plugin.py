@@ -1,0 +1,194 @@
+"""Plugin registration, launch_server flags and start-up refusals (CPU, real SGLang)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from attention_backends.registration import ModelFacts, check_model, check_server_args
+from swaa_sglang import SWAAConfig
+from swaa_sglang.server_args import config_from_override_args, with_config
+
+QWEN3_CONFIG = str(Path(__file__).resolve().parents[1] / "benchmarks" / "models" / "qwen3-0.6b")
+
+
+def _run(code: str, *args: str, env_extra: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_entry_point_registers_backend_in_a_fresh_process():
+    """SGLang's own plugin loader finds our entry point and the name becomes a valid choice."""
+    code = (
+        "from sglang.srt.plugins import load_plugins\n"
+        "from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS\n"
+        "from sglang.srt.server_args import ATTENTION_BACKEND_CHOICES\n"
+        "from sglang.srt.plugins.hook_registry import HookRegistry\n"
+        "assert 'swaa' not in ATTENTION_BACKENDS\n"
+        "load_plugins()\n"
+        "from attention_backends.registration import create_swaa_backend\n"
+        "assert ATTENTION_BACKENDS['swaa'] is create_swaa_backend\n"
+        "assert 'swaa' in ATTENTION_BACKEND_CHOICES\n"
+        "from sglang.srt.server_args import ServerArgs\n"
+        "assert getattr(ServerArgs.__post_init__, '__wrapped__', None) is not None, 'server-args hook not applied'\n"
+        "print('registered')\n"
+    )
+    r = _run(code)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "registered" in r.stdout
+
+
+def test_sglang_plugins_whitelist_can_exclude_us():
+    code = (
+        "from sglang.srt.plugins import load_plugins\n"
+        "from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS\n"
+        "load_plugins()\n"
+        "print('swaa' in ATTENTION_BACKENDS)\n"
+    )
+    r = _run(code, env_extra={"SGLANG_PLUGINS": "someone_else"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().endswith("False")
+
+
+def test_plugin_failure_is_loud(monkeypatch):
+    """A registration failure exits the process instead of being logged and swallowed."""
+    import swaa_sglang.plugin as plugin
+
+    def broken():
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(plugin, "register", broken)
+    with pytest.raises(SystemExit, match="failed to register the 'swaa' attention backend: RuntimeError"):
+        plugin.load()
+
+
+def test_launch_server_help_lists_swaa_flags():
+    r = subprocess.run([sys.executable, "-m", "swaa_sglang.launch_server", "--help"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for flag in ("--swaa-preset", "--swaa-config", "--swaa-window", "--swaa-keep-first", "--swaa-fa-decode",
+                 "--swaa-full-layers", "--model-path", "--json-model-override-args", "balanced"):
+        assert flag in r.stdout, flag
+    assert "sliding window attention adaptation" in r.stdout.lower()
+
+
+def _prepare(*argv: str) -> dict:
+    """Run prepare_server_args in a subprocess (ServerArgs hooks are process-global)."""
+    code = (
+        "import json, sys\n"
+        "from swaa_sglang.launch_server import prepare_server_args\n"
+        "try:\n"
+        "    sa = prepare_server_args(sys.argv[1:])\n"
+        "except ValueError as e:\n"
+        "    print('ERROR:' + str(e)); sys.exit(0)\n"
+        "print('ARGS:' + json.dumps({'backend': sa.attention_backend, 'override': sa.json_model_override_args,\n"
+        "      'no_prefill_graph': sa.disable_prefill_cuda_graph, 'model': sa.model_path}))\n"
+    )
+    r = _run(code, "--model-path", QWEN3_CONFIG, "--load-format", "dummy", "--device", "cpu", *argv)
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith(("ARGS:", "ERROR:"))]
+    assert line, r.stderr[-3000:]
+    if line[-1].startswith("ERROR:"):
+        return {"error": line[-1][6:]}
+    return json.loads(line[-1][5:])
+
+
+def test_launch_server_folds_flags_into_override_args():
+    out = _prepare("--swaa-preset", "balanced", "--swaa-keep-first", "4", "--json-model-override-args", '{"rope_theta": 5}')
+    assert out["backend"] == "swaa"
+    assert out["no_prefill_graph"] is True
+    override = json.loads(out["override"])
+    assert override["rope_theta"] == 5
+    assert SWAAConfig.from_dict(override["swaa"]) == SWAAConfig(2048, 4, True, "odd")
+
+
+def test_launch_server_reports_bad_config_with_field(tmp_path):
+    assert _prepare("--swaa-window", "0")["error"].startswith("sliding_window_size: must be an integer >= 1")
+    assert _prepare("--swaa-window", "64", "--swaa-full-layers", "40")["error"].startswith(
+        "non_sliding_layers: layer ids [40] are out of range; this model has 28 layers"
+    )
+    f = tmp_path / "c.yaml"
+    f.write_text("sliding_window_size: 64\nkeep_first: -2\n")
+    assert _prepare("--swaa-config", str(f))["error"].startswith("keep_first: must be an integer >= 0")
+    assert _prepare("--swaa-window", "64", "--speculative-algorithm", "EAGLE")["error"].startswith(
+        "speculative_algorithm: 'EAGLE' is not supported with SWAA"
+    )
+
+
+def test_plain_sglang_args_with_override_json_are_checked_too():
+    """python -m sglang.launch_server --attention-backend swaa --json-model-override-args ...: same checks."""
+    code = (
+        "import sys\n"
+        "from sglang.srt.plugins import load_plugins\n"
+        "load_plugins()\n"
+        "from sglang.srt.server_args import prepare_server_args\n"
+        "try:\n"
+        "    prepare_server_args(sys.argv[1:])\n"
+        "except ValueError as e:\n"
+        "    print('ERROR:' + str(e))\n"
+    )
+    r = _run(code, "--model-path", QWEN3_CONFIG, "--load-format", "dummy", "--device", "cpu",
+             "--attention-backend", "swaa", "--json-model-override-args", '{"swaa": {"keep_first": 3, "window": 9}}')
+    assert "ERROR:window: unknown SWAA field; allowed fields: sliding_window_size" in r.stdout, r.stderr[-3000:]
+    r = _run(code, "--model-path", QWEN3_CONFIG, "--load-format", "dummy", "--device", "cpu", "--attention-backend", "swaa")
+    assert "ERROR:swaa: the 'swaa' attention backend needs a SWAA config" in r.stdout, r.stderr[-3000:]
+
+
+def _server_args(**kw):
+    base = dict(json_model_override_args=with_config(None, SWAAConfig(64, 4)), prefill_attention_backend=None,
+                decode_attention_backend=None, speculative_algorithm=None, enable_mis=False, enable_mixed_chunk=False)
+    base.update(kw)
+    return types.SimpleNamespace(**base)
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"decode_attention_backend": "triton"}, "decode_attention_backend: 'triton' would run one phase without SWAA"),
+        ({"prefill_attention_backend": "fa3"}, "prefill_attention_backend: 'fa3' would run one phase without SWAA"),
+        ({"speculative_algorithm": "EAGLE"}, "speculative_algorithm: 'EAGLE' is not supported"),
+        ({"enable_mis": True}, "enable_mis: multi-item scoring is not supported"),
+        ({"json_model_override_args": "{}"}, "swaa: the 'swaa' attention backend needs a SWAA config"),
+        ({"json_model_override_args": "[1]"}, "json_model_override_args: expected a JSON object"),
+        ({"enable_mixed_chunk": True, "json_model_override_args": with_config(None, SWAAConfig(64, 4, True))},
+         "enable_mixed_chunk: mixed prefill/decode batches"),
+    ],
+)
+def test_server_arg_refusals(kw, message):
+    with pytest.raises(ValueError) as e:
+        check_server_args(_server_args(**kw))
+    assert str(e.value).startswith(message)
+
+
+def test_mixed_chunk_allowed_without_fa_decode():
+    assert check_server_args(_server_args(enable_mixed_chunk=True)) == SWAAConfig(64, 4)
+    assert check_server_args(_server_args(decode_attention_backend="swaa")) == SWAAConfig(64, 4)
+
+
+@pytest.mark.parametrize(
+    "facts, message",
+    [
+        (ModelFacts(28, 4096, use_mla=True), "model: MLA attention"),
+        (ModelFacts(28, 4096, native_sliding_window=4095), "model: this model already has native sliding-window"),
+        (ModelFacts(28, 4096, is_encoder_decoder=True), "model: encoder-decoder models are not supported"),
+        (ModelFacts(28, 50), "keep_first: 100 sink tokens exceed the context length 50"),
+        (ModelFacts(3, 4096), "non_sliding_layers: layer ids [5] are out of range"),
+    ],
+)
+def test_model_refusals(facts, message):
+    cfg = SWAAConfig(64, 100, non_sliding_layers=[1, 5])
+    with pytest.raises(ValueError) as e:
+        check_model(cfg, facts)
+    assert str(e.value).startswith(message)
+
+
+def test_override_round_trip():
+    cfg = SWAAConfig(128, 8, [0, 2], "every:4:1")
+    assert config_from_override_args(with_config('{"a": 1}', cfg)) == cfg
+    assert config_from_override_args('{"a": 1}') is None
+    assert config_from_override_args(None) is None
