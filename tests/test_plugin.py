@@ -192,3 +192,31 @@ def test_override_round_trip():
     assert config_from_override_args(with_config('{"a": 1}', cfg)) == cfg
     assert config_from_override_args('{"a": 1}') is None
     assert config_from_override_args(None) is None
+
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "launch").glob("*.yaml"))
+
+
+def test_every_recipe_is_a_valid_sglang_config():
+    """Each launch/ recipe goes through SGLang's own --config parser and our start-up checks."""
+    from swaa_sglang.config import PRESETS
+
+    assert len(RECIPES) >= 9
+    code = (
+        "import json, sys\n"
+        "from sglang.srt.plugins import load_plugins\n"
+        "load_plugins()\n"
+        "from sglang.srt.server_args import prepare_server_args\n"
+        "model, recipes = sys.argv[1], sys.argv[2:]\n"
+        "for recipe in recipes:\n"
+        "    sa = prepare_server_args(['--config', recipe, '--model-path', model, '--load-format', 'dummy',\n"
+        "                              '--device', 'cpu'])\n"
+        "    print('RECIPE:' + json.dumps([recipe, sa.attention_backend, sa.json_model_override_args]))\n"
+    )
+    r = _run(code, QWEN3_CONFIG, *map(str, RECIPES))
+    rows = [json.loads(ln[7:]) for ln in r.stdout.splitlines() if ln.startswith("RECIPE:")]
+    assert len(rows) == len(RECIPES), r.stderr[-3000:]
+    presets = [SWAAConfig(**fields) for _, fields in PRESETS.values()]
+    for recipe, backend, override in rows:
+        assert backend == "swaa", recipe
+        assert config_from_override_args(override) in presets, recipe

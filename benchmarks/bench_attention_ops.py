@@ -1,0 +1,148 @@
+"""Attention-op benchmark: a SWAA sliding layer against FlashInfer full attention (GPU).
+
+Prefill: one sequence of N tokens, timed for full causal, window only
+(``window_left = W - 1``) and SWAA (window + sinks, two passes merged), as run by
+``attention_backends.flashinfer_ops``. Decode: B requests of C context, full
+attention against the ``sinks ++ window`` index list. Plans are built once and
+only ``run`` is timed (plan once per batch, run per layer). Prints a table and
+writes JSON.
+
+    python benchmarks/bench_attention_ops.py --out benchmarks/results/ops.json
+    python benchmarks/bench_attention_ops.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from datetime import date
+
+import torch
+
+
+def _time_ms(fn, warmup: int = 3, reps: int = 20) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def _pool(n: int, hk: int, d: int):
+    k = torch.randn(n + 1, hk, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(n + 1, hk, d, device="cuda", dtype=torch.bfloat16)
+    return k, v
+
+
+def bench_prefill(n: int, w: int, sinks: int, hq: int, hk: int, d: int, workspace) -> dict:
+    import flashinfer
+
+    from attention_backends.flashinfer_ops import HeadConfig, SlidingPrefill
+
+    heads = HeadConfig(hq, hk, d, torch.bfloat16, torch.bfloat16)
+    pool = _pool(n, hk, d)
+    req_to_token = torch.arange(1, n + 1, dtype=torch.int32, device="cuda").view(1, n)
+    rpi = torch.zeros(1, dtype=torch.int64, device="cuda")
+    q = torch.randn(n, hq, d, device="cuda", dtype=torch.bfloat16)
+    scale = d**-0.5
+    indptr = torch.tensor([0, n], dtype=torch.int32)
+    ones = torch.ones(1, dtype=torch.int32, device="cuda")
+
+    def plain(window_left: int):
+        wr = flashinfer.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", backend="fa2")
+        wr.plan(torch.tensor([0, n], dtype=torch.int32), indptr, req_to_token[0], ones, hq, hk, d, 1,
+                causal=True, window_left=window_left, q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)
+        return lambda: wr.forward(q, pool, causal=True, window_left=window_left, sm_scale=scale)
+
+    full_ms = _time_ms(plain(-1), reps=5 if n > 65536 else 20)
+    window_ms = _time_ms(plain(w - 1))
+    op = SlidingPrefill(workspace, heads, w, sinks)
+    op.plan(torch.tensor([0]), torch.tensor([n]), req_to_token, rpi)
+    swaa_ms = _time_ms(lambda: op.run(q, pool, sm_scale=scale))
+    t0 = time.perf_counter()
+    for _ in range(10):
+        op.plan(torch.tensor([0]), torch.tensor([n]), req_to_token, rpi)
+    torch.cuda.synchronize()
+    plan_ms = (time.perf_counter() - t0) * 100
+    return {"kind": "prefill", "tokens": n, "window": w, "sinks": sinks, "full_ms": full_ms, "window_ms": window_ms,
+            "swaa_ms": swaa_ms, "swaa_over_window": swaa_ms / window_ms, "full_over_swaa": full_ms / swaa_ms,
+            "plan_ms": plan_ms}
+
+
+def bench_decode(batch: int, ctx: int, w: int, sinks: int, hq: int, hk: int, d: int, workspace) -> dict:
+    import flashinfer
+
+    from attention_backends.flashinfer_ops import HeadConfig, SlidingDecode
+
+    heads = HeadConfig(hq, hk, d, torch.bfloat16, torch.bfloat16)
+    pool = _pool(batch * ctx, hk, d)
+    req_to_token = torch.arange(1, batch * ctx + 1, dtype=torch.int32, device="cuda").view(batch, ctx)
+    rpi = torch.arange(batch, device="cuda")
+    q = torch.randn(batch, hq, d, device="cuda", dtype=torch.bfloat16)
+    scale = d**-0.5
+    full = flashinfer.BatchDecodeWithPagedKVCacheWrapper(workspace, "NHD", use_tensor_cores=True)
+    full.plan(torch.arange(batch + 1, dtype=torch.int32) * ctx, req_to_token.flatten(),
+              torch.ones(batch, dtype=torch.int32, device="cuda"), hq, hk, d, 1,
+              data_type=torch.bfloat16, q_data_type=torch.bfloat16)
+    full_ms = _time_ms(lambda: full.forward(q, pool, sm_scale=scale), reps=50)
+    op = SlidingDecode(SlidingDecode.make_wrapper(workspace), heads, w, sinks)
+    op.plan(torch.full((batch,), ctx), req_to_token, rpi)
+    swaa_ms = _time_ms(lambda: op.run(q, pool, sm_scale=scale), reps=50)
+    return {"kind": "decode", "batch": batch, "context": ctx, "window": w, "sinks": sinks,
+            "full_ms": full_ms, "swaa_ms": swaa_ms, "full_over_swaa": full_ms / swaa_ms}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--window", type=int, default=2048)
+    p.add_argument("--sinks", type=int, default=100)
+    p.add_argument("--heads", default="32,8,128", help="q heads, kv heads, head dim")
+    p.add_argument("--lengths", default="8192,32768,65536,131072", help="prefill lengths")
+    p.add_argument("--decode", default="32x32768,8x131072", help="decode batch x context")
+    p.add_argument("--quick", action="store_true", help="8K and 32K prefill, one decode shape")
+    p.add_argument("--out", help="write JSON here")
+    a = p.parse_args()
+    hq, hk, d = (int(x) for x in a.heads.split(","))
+    lengths = [8192, 32768] if a.quick else [int(x) for x in a.lengths.split(",")]
+    decodes = ["32x32768"] if a.quick else a.decode.split(",")
+    workspace = torch.empty(512 * 1024 * 1024, dtype=torch.uint8, device="cuda")
+    rows = []
+    try:
+        from tqdm import tqdm
+    except ImportError:  # progress is optional
+        def tqdm(x, **_):
+            return x
+    for n in tqdm(lengths, desc="prefill"):
+        rows.append(bench_prefill(n, a.window, a.sinks, hq, hk, d, workspace))
+    for spec in tqdm(decodes, desc="decode"):
+        b, c = (int(x) for x in spec.split("x"))
+        rows.append(bench_decode(b, c, a.window, a.sinks, hq, hk, d, workspace))
+    import flashinfer
+
+    meta = {"gpu": torch.cuda.get_device_name(), "date": date.today().isoformat(), "torch": torch.__version__,
+            "flashinfer": flashinfer.__version__, "heads": [hq, hk, d], "python": platform.python_version()}
+    print(f"\n{meta['gpu']}, {meta['date']}, flashinfer {meta['flashinfer']}, heads {hq}/{hk}x{d}, "
+          f"W={a.window}, sinks={a.sinks}")
+    print(f"{'op':8} {'shape':>12} {'full ms':>9} {'window ms':>10} {'swaa ms':>9} {'swaa/win':>9} {'full/swaa':>10}")
+    for r in rows:
+        shape = str(r["tokens"]) if r["kind"] == "prefill" else f"{r['batch']}x{r['context']}"
+        win = f"{r['window_ms']:.3f}" if "window_ms" in r else "-"
+        ratio = f"{r['swaa_over_window']:.3f}" if "swaa_over_window" in r else "-"
+        print(f"{r['kind']:8} {shape:>12} {r['full_ms']:9.3f} {win:>10} {r['swaa_ms']:9.3f} {ratio:>9} {r['full_over_swaa']:10.1f}")
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
