@@ -49,10 +49,10 @@ def slots_on_device(seg: Segments, req_to_token: torch.Tensor, req_pool_indices:
 class SlidingPrefill:
     """Window pass (``window_left = W - 1``) + extra pass (sinks, ...), merged in place."""
 
-    def __init__(self, workspace: torch.Tensor, heads: HeadConfig, window: int, keep_first: int):
+    def __init__(self, workspace: torch.Tensor, heads: HeadConfig, window: int, keep_first: int, backend: str = "fa2"):
         self.heads, self.window, self.keep_first = heads, window, keep_first
-        self.window_wrapper = BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", backend="fa2")
-        self.extra_wrapper = BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", backend="fa2")
+        self.window_wrapper = BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", backend=backend)
+        self.extra_wrapper = BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", backend=backend)
         self.ones = _Ones(workspace.device)
         self.merge_mask: Optional[torch.Tensor] = None
 
@@ -105,10 +105,10 @@ class SlidingDecode:
         self.ones = _Ones(wrapper._float_workspace_buffer.device)
 
     @staticmethod
-    def make_wrapper(workspace: torch.Tensor, **graph_buffers) -> BatchDecodeWithPagedKVCacheWrapper:
-        # tensor cores: GQA-friendly and measured fastest for these short index lists
+    def make_wrapper(workspace: torch.Tensor, use_tensor_cores: bool = True, **graph_buffers) -> BatchDecodeWithPagedKVCacheWrapper:
+        # tensor cores: the prefill kernel on a one-row query, GQA-friendly
         return BatchDecodeWithPagedKVCacheWrapper(
-            workspace, "NHD", use_tensor_cores=True, use_cuda_graph=bool(graph_buffers), **graph_buffers
+            workspace, "NHD", use_tensor_cores=use_tensor_cores, use_cuda_graph=bool(graph_buffers), **graph_buffers
         )
 
     def plan(self, seq_lens_cpu: torch.Tensor, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor) -> None:

@@ -44,7 +44,7 @@ def _pool(n: int, hk: int, d: int):
     return k, v
 
 
-def bench_prefill(n: int, w: int, sinks: int, hq: int, hk: int, d: int, workspace) -> dict:
+def bench_prefill(n: int, w: int, sinks: int, hq: int, hk: int, d: int, workspace, backend: str = "fa2") -> dict:
     import flashinfer
 
     from attention_backends.flashinfer_ops import HeadConfig, SlidingPrefill
@@ -59,22 +59,29 @@ def bench_prefill(n: int, w: int, sinks: int, hq: int, hk: int, d: int, workspac
     ones = torch.ones(1, dtype=torch.int32, device="cuda")
 
     def plain(window_left: int):
-        wr = flashinfer.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", backend="fa2")
+        wr = flashinfer.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", backend=backend)
         wr.plan(torch.tensor([0, n], dtype=torch.int32), indptr, req_to_token[0], ones, hq, hk, d, 1,
                 causal=True, window_left=window_left, q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)
         return lambda: wr.forward(q, pool, causal=True, window_left=window_left, sm_scale=scale)
 
     full_ms = _time_ms(plain(-1), reps=5 if n > 65536 else 20)
     window_ms = _time_ms(plain(w - 1))
-    op = SlidingPrefill(workspace, heads, w, sinks)
+    op = SlidingPrefill(workspace, heads, w, sinks, backend=backend)
     op.plan(torch.tensor([0]), torch.tensor([n]), req_to_token, rpi)
     swaa_ms = _time_ms(lambda: op.run(q, pool, sm_scale=scale))
+    # components: the extra pass alone, and the merge alone
+    extra_ms = _time_ms(lambda: op.extra_wrapper.forward_return_lse(q, pool, causal=False, sm_scale=scale))
+    o, lse = op.window_wrapper.forward_return_lse(q, pool, causal=True, window_left=w - 1, sm_scale=scale)
+    o2, lse2 = op.extra_wrapper.forward_return_lse(q, pool, causal=False, sm_scale=scale)
+    from flashinfer.cascade import merge_state_in_place
+
+    merge_ms = _time_ms(lambda: merge_state_in_place(o, lse, o2, lse2, mask=op.merge_mask))
     t0 = time.perf_counter()
     for _ in range(10):
         op.plan(torch.tensor([0]), torch.tensor([n]), req_to_token, rpi)
     torch.cuda.synchronize()
     plan_ms = (time.perf_counter() - t0) * 100
-    return {"kind": "prefill", "tokens": n, "window": w, "sinks": sinks, "full_ms": full_ms, "window_ms": window_ms,
+    return {"kind": "prefill", "backend": backend, "tokens": n, "extra_ms": extra_ms, "merge_ms": merge_ms, "window": w, "sinks": sinks, "full_ms": full_ms, "window_ms": window_ms,
             "swaa_ms": swaa_ms, "swaa_over_window": swaa_ms / window_ms, "full_over_swaa": full_ms / swaa_ms,
             "plan_ms": plan_ms}
 
@@ -95,11 +102,15 @@ def bench_decode(batch: int, ctx: int, w: int, sinks: int, hq: int, hk: int, d: 
               torch.ones(batch, dtype=torch.int32, device="cuda"), hq, hk, d, 1,
               data_type=torch.bfloat16, q_data_type=torch.bfloat16)
     full_ms = _time_ms(lambda: full.forward(q, pool, sm_scale=scale), reps=50)
-    op = SlidingDecode(SlidingDecode.make_wrapper(workspace), heads, w, sinks)
-    op.plan(torch.full((batch,), ctx), req_to_token, rpi)
-    swaa_ms = _time_ms(lambda: op.run(q, pool, sm_scale=scale), reps=50)
-    return {"kind": "decode", "batch": batch, "context": ctx, "window": w, "sinks": sinks,
-            "full_ms": full_ms, "swaa_ms": swaa_ms, "full_over_swaa": full_ms / swaa_ms}
+    swaa = {}
+    for tc in (True, False):
+        op = SlidingDecode(SlidingDecode.make_wrapper(workspace, use_tensor_cores=tc), heads, w, sinks)
+        op.plan(torch.full((batch,), ctx), req_to_token, rpi)
+        swaa[tc] = _time_ms(lambda: op.run(q, pool, sm_scale=scale), reps=50)
+    swaa_ms = min(swaa.values())
+    return {"kind": "decode", "batch": batch, "context": ctx, "window": w, "sinks": sinks, "full_ms": full_ms,
+            "swaa_ms": swaa_ms, "swaa_tensor_core_ms": swaa[True], "swaa_cuda_core_ms": swaa[False],
+            "full_over_swaa": full_ms / swaa_ms}
 
 
 def main() -> None:
@@ -110,6 +121,7 @@ def main() -> None:
     p.add_argument("--lengths", default="8192,32768,65536,131072", help="prefill lengths")
     p.add_argument("--decode", default="32x32768,8x131072", help="decode batch x context")
     p.add_argument("--quick", action="store_true", help="8K and 32K prefill, one decode shape")
+    p.add_argument("--backends", default="fa2", help="FlashInfer prefill backends to compare, e.g. fa2,fa3")
     p.add_argument("--out", help="write JSON here")
     a = p.parse_args()
     hq, hk, d = (int(x) for x in a.heads.split(","))
@@ -122,8 +134,9 @@ def main() -> None:
     except ImportError:  # progress is optional
         def tqdm(x, **_):
             return x
-    for n in tqdm(lengths, desc="prefill"):
-        rows.append(bench_prefill(n, a.window, a.sinks, hq, hk, d, workspace))
+    for backend in a.backends.split(","):
+        for n in tqdm(lengths, desc=f"prefill {backend}"):
+            rows.append(bench_prefill(n, a.window, a.sinks, hq, hk, d, workspace, backend))
     for spec in tqdm(decodes, desc="decode"):
         b, c = (int(x) for x in spec.split("x"))
         rows.append(bench_decode(b, c, a.window, a.sinks, hq, hk, d, workspace))
@@ -133,12 +146,14 @@ def main() -> None:
             "flashinfer": flashinfer.__version__, "heads": [hq, hk, d], "python": platform.python_version()}
     print(f"\n{meta['gpu']}, {meta['date']}, flashinfer {meta['flashinfer']}, heads {hq}/{hk}x{d}, "
           f"W={a.window}, sinks={a.sinks}")
-    print(f"{'op':8} {'shape':>12} {'full ms':>9} {'window ms':>10} {'swaa ms':>9} {'swaa/win':>9} {'full/swaa':>10}")
+    print(f"{'op':12} {'shape':>12} {'full ms':>9} {'window ms':>10} {'swaa ms':>9} {'extra':>7} {'merge':>7} "
+          f"{'swaa/win':>9} {'full/swaa':>10}")
     for r in rows:
         shape = str(r["tokens"]) if r["kind"] == "prefill" else f"{r['batch']}x{r['context']}"
-        win = f"{r['window_ms']:.3f}" if "window_ms" in r else "-"
-        ratio = f"{r['swaa_over_window']:.3f}" if "swaa_over_window" in r else "-"
-        print(f"{r['kind']:8} {shape:>12} {r['full_ms']:9.3f} {win:>10} {r['swaa_ms']:9.3f} {ratio:>9} {r['full_over_swaa']:10.1f}")
+        op = f"prefill/{r['backend']}" if r["kind"] == "prefill" else "decode"
+        f = lambda key: f"{r[key]:.3f}" if key in r else "-"  # noqa: E731
+        print(f"{op:12} {shape:>12} {r['full_ms']:9.3f} {f('window_ms'):>10} {r['swaa_ms']:9.3f} {f('extra_ms'):>7} "
+              f"{f('merge_ms'):>7} {f('swaa_over_window'):>9} {r['full_over_swaa']:10.1f}")
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1)

@@ -17,7 +17,7 @@ for step in $steps; do
   case $step in
     ops)   python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_ops.py 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_ops.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
     tests) python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_engine.py 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_engine.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
-    bench) python3 benchmarks/bench_attention_ops.py --out "$SWAA_RESULTS_DIR/ops.json" 2>&1 | tee "$SWAA_RESULTS_DIR/bench_ops.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
+    bench) python3 benchmarks/bench_attention_ops.py ${BENCH_ARGS:-} --out "$SWAA_RESULTS_DIR/ops.json" 2>&1 | tee "$SWAA_RESULTS_DIR/bench_ops.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
   esac
 done
 exit $rc

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from swaa_sglang import SWAAConfig
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
 MAX_NEW = 48
+DEVICE = "cuda"
 CONFIGS = {
     "w64-k4": SWAAConfig(sliding_window_size=64, keep_first=4),
     "w64-k4-fa": SWAAConfig(sliding_window_size=64, keep_first=4, force_fa_decode=True),
@@ -31,9 +33,13 @@ CONFIGS = {
 }
 
 
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
 def _results(name: str, data) -> None:
     out = os.environ.get("SWAA_RESULTS_DIR")
-    print(f"\n[{name}] {json.dumps(data)[:2000]}")
+    _log(f"{name}: {json.dumps(data)[:3000]}")
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         Path(out, f"{name}.json").write_text(json.dumps(data, indent=1))
@@ -73,6 +79,7 @@ def _engine_generate(model_dir, prompts, backend: str, config: SWAAConfig | None
                   mem_fraction_static=0.3, log_level="error")
     if config is not None:
         kwargs["json_model_override_args"] = json.dumps({"swaa": config.to_dict()})
+    _log(f"engine {backend} {config.to_json() if config else ''}: starting")
     engine = sglang.Engine(**kwargs)
     try:
         outs = engine.generate(
@@ -81,18 +88,31 @@ def _engine_generate(model_dir, prompts, backend: str, config: SWAAConfig | None
         )
     finally:
         engine.shutdown()
-    return [o["output_ids"] for o in outs]
+    eos = _eos_ids(model_dir)
+    return [[t for t in o["output_ids"] if t not in eos] if not ignore_eos else o["output_ids"] for o in outs]
+
+
+def _eos_ids(model_dir) -> set[int]:
+    from transformers import GenerationConfig
+
+    eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
+    return set(eos if isinstance(eos, list) else [eos])
 
 
 def _hf_generate(model_dir, prompts, config: SWAAConfig | None, max_new=MAX_NEW):
     from swaa_sglang.hf import load_model
 
-    model = load_model(model_dir, swaa=config, dtype=torch.bfloat16, device="cuda")
-    outs = []
-    for ids in prompts:
-        x = torch.tensor([ids], device="cuda")
-        y = model.generate(x, max_new_tokens=max_new, do_sample=False, attention_mask=torch.ones_like(x))
-        outs.append(y[0, len(ids):].tolist())
+    _log(f"hf reference {config.to_json() if config else 'full'}: generating")
+    model = load_model(model_dir, swaa=config, dtype=torch.bfloat16, device=DEVICE)
+    # one left-padded batch (the reference handles padding; positions stay per sequence)
+    width = max(map(len, prompts))
+    pad = model.generation_config.pad_token_id or 0
+    x = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=DEVICE)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=DEVICE)
+    y = model.generate(x, attention_mask=mask, max_new_tokens=max_new, do_sample=False)
+    eos = _eos_ids(model_dir)
+    # generate pads finished rows after EOS: keep what precedes the first EOS
+    outs = [row[: next((i for i, t in enumerate(row) if t in eos), len(row))] for row in y[:, width:].tolist()]
     del model
     torch.cuda.empty_cache()
     return outs
@@ -121,7 +141,7 @@ def test_engine_against_hf_reference(model_dir, prompts):
         agree = _agreement(ours, ref)
         vs_full = _agreement(ours, stock)
         report["configs"][name] = {"config": cfg.to_dict(), "vs_hf": agree, "vs_full_attention": vs_full}
-    _results("engine_vs_hf", report)
+        _results("engine_vs_hf", report)
     for name, r in report["configs"].items():
         # SWAA must be active: these windows are far shorter than every prompt
         assert r["vs_full_attention"]["exact"] < len(prompts), name
