@@ -118,6 +118,30 @@ def _hf_generate(model_dir, prompts, config: SWAAConfig | None, max_new=MAX_NEW)
     return outs
 
 
+def _teacher_forced(model_dir, prompts, outputs, config: SWAAConfig | None) -> dict:
+    """Feed SGLang's tokens to the HF reference: at how many positions is its argmax the same token?
+
+    Free-running greedy paths part at the first near-tie; this checks every step on its own.
+    Generated tokens are decode rows (``prompt_length``), so FA decode applies where configured.
+    """
+    from swaa_sglang.hf import load_model, prompt_length
+
+    model = load_model(model_dir, swaa=config, dtype=torch.bfloat16, device=DEVICE)
+    same = total = 0
+    with torch.no_grad():
+        for ids, out in zip(prompts, outputs):
+            if not out:
+                continue
+            x = torch.tensor([ids + out], device=DEVICE)
+            with prompt_length(model, len(ids)):
+                logits = model(x).logits[0, len(ids) - 1 : -1]
+            same += int((logits.argmax(-1).cpu() == torch.tensor(out)).sum())
+            total += len(out)
+    del model
+    torch.cuda.empty_cache()
+    return {"same_argmax": same, "positions": total, "rate": same / max(total, 1)}
+
+
 def _agreement(a: list[list[int]], b: list[list[int]]) -> dict:
     """Mean fraction of the common greedy prefix, and how many sequences match fully."""
     fracs, exact = [], 0
@@ -134,18 +158,23 @@ def test_engine_against_hf_reference(model_dir, prompts):
     off = _engine_generate(model_dir, prompts, "swaa", SWAAConfig())
     assert off == stock, "SWAA switched off must equal the stock flashinfer backend token for token"
     baseline = _agreement(stock, _hf_generate(model_dir, prompts, None))
-    report = {"stock_vs_hf": baseline, "configs": {}}
+    forced_baseline = _teacher_forced(model_dir, prompts, stock, None)
+    report = {"stock_vs_hf": baseline, "stock_vs_hf_teacher_forced": forced_baseline, "configs": {}}
     for name, cfg in CONFIGS.items():
         ours = _engine_generate(model_dir, prompts, "swaa", cfg)
         ref = _hf_generate(model_dir, prompts, cfg)
         agree = _agreement(ours, ref)
         vs_full = _agreement(ours, stock)
-        report["configs"][name] = {"config": cfg.to_dict(), "vs_hf": agree, "vs_full_attention": vs_full}
+        forced = _teacher_forced(model_dir, prompts, ours, cfg)
+        report["configs"][name] = {"config": cfg.to_dict(), "vs_hf": agree, "vs_hf_teacher_forced": forced,
+                                   "vs_full_attention": vs_full}
         _results("engine_vs_hf", report)
     for name, r in report["configs"].items():
         # SWAA must be active: these windows are far shorter than every prompt
         assert r["vs_full_attention"]["exact"] < len(prompts), name
         assert r["vs_hf"]["mean_prefix_agreement"] >= baseline["mean_prefix_agreement"] - 0.15, (name, r, baseline)
+        # step by step, SWAA agrees with its reference as well as stock SGLang agrees with stock HF
+        assert r["vs_hf_teacher_forced"]["rate"] >= forced_baseline["rate"] - 0.02, (name, r, forced_baseline)
 
 
 def _distinct_n(ids: list[int], n: int) -> float:
