@@ -24,6 +24,7 @@ from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 from swaa_sglang.config import SWAAConfig
 
 from .flashinfer_ops import HeadConfig, SlidingDecode, SlidingPrefill
+from .op_check import OpCheck
 
 if TYPE_CHECKING:
     from sglang.srt.layers.radix_attention import RadixAttention
@@ -51,6 +52,7 @@ class SWAAFlashInferBackend(FlashInferAttnBackend):
         self.eager_decode = SlidingDecode(SlidingDecode.make_wrapper(self.workspace_buffer), self.heads, w, k)
         self.graph_decode: dict[int, SlidingDecode] = {}
         self.decode: Optional[SlidingDecode] = None  # the one planned for the current batch
+        self.op_check = OpCheck.from_env(config)  # off unless SWAA_OP_CHECK_FILE is set
         logger.info(
             "SWAA backend: %s; sliding layers %d/%d, windowed decode on %d",
             config.to_json(), len(self.sliding_layers), num_layers, len(self.windowed_decode_layers),
@@ -119,14 +121,25 @@ class SWAAFlashInferBackend(FlashInferAttnBackend):
 
     def forward_extend(self, q, k, v, layer: RadixAttention, forward_batch: ForwardBatch, save_kv_cache=True):
         if layer.layer_id not in self.sliding_layers:
-            return super().forward_extend(q, k, v, layer, forward_batch, save_kv_cache)
-        if k is not None and save_kv_cache:
-            self._save_kv(layer, forward_batch, k, v)
-        return self._run(self.prefill, q, layer)
+            o = super().forward_extend(q, k, v, layer, forward_batch, save_kv_cache)
+        else:
+            if k is not None and save_kv_cache:
+                self._save_kv(layer, forward_batch, k, v)
+            o = self._run(self.prefill, q, layer)
+        self._maybe_check("extend", layer, o, q, forward_batch)
+        return o
 
     def forward_decode(self, q, k, v, layer: RadixAttention, forward_batch: ForwardBatch, save_kv_cache=True):
         if layer.layer_id not in self.windowed_decode_layers:
-            return super().forward_decode(q, k, v, layer, forward_batch, save_kv_cache)
-        if k is not None and save_kv_cache:
-            self._save_kv(layer, forward_batch, k, v)
-        return self._run(self.decode, q, layer)
+            o = super().forward_decode(q, k, v, layer, forward_batch, save_kv_cache)
+        else:
+            if k is not None and save_kv_cache:
+                self._save_kv(layer, forward_batch, k, v)
+            o = self._run(self.decode, q, layer)
+        self._maybe_check("decode", layer, o, q, forward_batch)
+        return o
+
+    def _maybe_check(self, mode: str, layer: RadixAttention, o, q, forward_batch: ForwardBatch) -> None:
+        if self.op_check is not None and self.op_check.wanted():
+            self.op_check.check(mode, layer, o, q, self.token_to_kv_pool.get_kv_buffer(layer.layer_id),
+                                self.req_to_token_pool.req_to_token, forward_batch)

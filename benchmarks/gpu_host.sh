@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run on the GPU host after the offline stack is in /tmp/site (../shared/gpu/README.md):
-#   bash benchmarks/gpu_host.sh [ops] [tests] [bench]    (default: all three)
+#   bash benchmarks/gpu_host.sh [ops] [tests] [models] [bench]    (default: all)
 # Installs this checkout into /tmp/site the way SGLang finds plugins (entry point
 # metadata), then runs the gpu-marked tests and the op benchmark; logs go to $OUT.
 set -uo pipefail
@@ -11,12 +11,13 @@ export SWAA_SMOLLM2_SOURCE=${SWAA_SMOLLM2_SOURCE:-/tmp/site/models/SmolLM2-135M-
 [ -d .gpudata/essays ] && export SWAA_ESSAYS_DIR=$PWD/.gpudata/essays
 mkdir -p "$SWAA_RESULTS_DIR"
 python3 -m pip install -q --no-deps --no-build-isolation --no-index --upgrade --target /tmp/site . 2>&1 | grep -v -i warn
-steps=${*:-ops tests bench}
+steps=${*:-ops tests models bench}
 rc=0
 for step in $steps; do
   case $step in
     ops)   python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_ops.py 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_ops.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
     tests) python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_engine.py 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_engine.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
+    models) python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_models.py 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_models.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
     bench) python3 benchmarks/bench_attention_ops.py ${BENCH_ARGS:-} --out "$SWAA_RESULTS_DIR/ops.json" 2>&1 | tee "$SWAA_RESULTS_DIR/bench_ops.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
   esac
 done

@@ -1,0 +1,64 @@
+"""In-server op check: compare the backend's attention outputs with the float64 reference.
+
+Off unless ``SWAA_OP_CHECK_FILE`` names a file. Then the first ``SWAA_OP_CHECK_MAX``
+(default 64) eager sliding-layer calls of each worker recompute attention with
+``swaa_sglang.reference.swaa_attention`` from the KV pool itself and append one JSON
+line per call (mode, layer, relative error, batch shape) to the file. It runs inside
+a real server or Engine, so it checks what was served, for any model, page size,
+tensor-parallel rank or batch mix. Calls inside CUDA-graph capture are skipped
+(the check synchronizes); the engine tests cover graphs end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import torch
+
+from swaa_sglang.config import SWAAConfig
+from swaa_sglang.reference import swaa_attention
+
+
+class OpCheck:
+    def __init__(self, config: SWAAConfig, path: str, budget: int):
+        self.config, self.path, self.budget = config, path, budget
+
+    @classmethod
+    def from_env(cls, config: SWAAConfig) -> Optional["OpCheck"]:
+        path = os.environ.get("SWAA_OP_CHECK_FILE")
+        return cls(config, path, int(os.environ.get("SWAA_OP_CHECK_MAX", "64"))) if path else None
+
+    def wanted(self) -> bool:
+        return self.budget > 0 and not torch.cuda.is_current_stream_capturing()
+
+    def check(self, mode: str, layer, out: torch.Tensor, q: torch.Tensor, kv_cache, req_to_token, forward_batch) -> None:
+        """``out``/``q``: ``[tokens, hq * d]``; rows are the batch's requests in order."""
+        self.budget -= 1
+        hq, d = layer.tp_q_head_num, layer.head_dim
+        k_buf, v_buf = kv_cache
+        q = q.reshape(-1, hq, d)
+        out = out.reshape(-1, hq, d)
+        if mode == "decode":
+            seq_lens = forward_batch.seq_lens.tolist()
+            q_lens = [1] * len(seq_lens)
+        else:
+            q_lens = list(forward_batch.extend_seq_lens_cpu)
+            seq_lens = [p + e for p, e in zip(forward_batch.extend_prefix_lens_cpu, q_lens)]
+        refs, row = [], 0
+        for b, (L, n) in enumerate(zip(seq_lens, q_lens)):
+            slots = req_to_token[forward_batch.req_pool_indices[b], :L].long()
+            k, v = k_buf[slots].double(), v_buf[slots].double()
+            q_pos = torch.arange(L - n, L, device=q.device)
+            refs.append(swaa_attention(
+                q[row : row + n].double(), k, v, self.config, layer.layer_id, q_pos,
+                torch.arange(L, device=q.device), decode=(mode == "decode"), scale=layer.scaling,
+            ))
+            row += n
+        ref = torch.cat(refs)
+        err = float((out[:row].double() - ref).norm() / ref.norm().clamp_min(1e-30))
+        record = {"mode": mode, "layer": layer.layer_id, "rel_err": err, "batch": len(seq_lens),
+                  "tokens": row, "max_seq_len": max(seq_lens), "finite": bool(torch.isfinite(out[:row]).all())}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
