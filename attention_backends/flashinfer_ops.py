@@ -13,7 +13,7 @@ import torch
 from flashinfer import BatchDecodeWithPagedKVCacheWrapper, BatchPrefillWithPagedKVCacheWrapper
 from flashinfer.cascade import merge_state_in_place
 
-from .planning import Segments, kv_slots, plan_decode, plan_extra, plan_window
+from .planning import Segments, decode_ranges, kv_slots, plan_extra, plan_window
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,26 @@ def slots_on_device(seg: Segments, req_to_token: torch.Tensor, req_pool_indices:
         seg.qo_indptr, seg.kv_indptr, seg.kv_req.to(dev, non_blocking=True), seg.kv_pos.to(dev, non_blocking=True)
     )
     return kv_slots(on_device, req_to_token, req_pool_indices)
+
+
+def copy_ranges(req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, lens: torch.Tensor,
+                offsets: torch.Tensor, starts: Optional[torch.Tensor], out: torch.Tensor) -> None:
+    """``out[offsets[b] : offsets[b] + lens[b]] = req_to_token[req_pool_indices[b], starts[b] : starts[b] + lens[b]]``.
+
+    On CUDA: SGLang's ``create_flashinfer_kv_indices_triton`` (the kernel its own FlashInfer
+    backend builds index lists with; ``starts=None`` means 0). Elsewhere: the same contract in torch.
+    """
+    if out.device.type == "cuda":
+        from sglang.kernels.ops.kvcache.kv_indices import create_flashinfer_kv_indices_triton
+
+        create_flashinfer_kv_indices_triton[(lens.numel(),)](
+            req_to_token, req_pool_indices, lens, offsets, starts, out, req_to_token.shape[1]
+        )
+        return
+    for b in range(lens.numel()):
+        n, o = int(lens[b]), int(offsets[b])
+        s = 0 if starts is None else int(starts[b])
+        out[o : o + n] = req_to_token[int(req_pool_indices[b]), s : s + n]
 
 
 class SlidingPrefill:
@@ -111,13 +131,33 @@ class SlidingDecode:
             workspace, "NHD", use_tensor_cores=use_tensor_cores, use_cuda_graph=bool(graph_buffers), **graph_buffers
         )
 
-    def plan(self, seq_lens_cpu: torch.Tensor, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor) -> None:
+    def plan(self, seq_lens_cpu: torch.Tensor, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
+             seq_lens: Optional[torch.Tensor] = None) -> None:
+        """``seq_lens_cpu`` sizes the plan on the host; ``seq_lens`` (same values, on the GPU) fills it."""
         h = self.heads
-        seg = plan_decode(seq_lens_cpu, self.window, self.keep_first)
+        bs = seq_lens_cpu.numel()
+        n_sink, _, win_len = decode_ranges(seq_lens_cpu, self.window, self.keep_first)
+        kv_indptr = torch.zeros(bs + 1, dtype=torch.int32)
+        kv_indptr[1:] = torch.cumsum(n_sink + win_len, 0)
         self.wrapper.plan(
-            seg.kv_indptr, slots_on_device(seg, req_to_token, req_pool_indices), self.ones(seg.num_segments),
-            h.num_qo_heads, h.num_kv_heads, h.head_dim, 1, data_type=h.kv_dtype, q_data_type=h.q_dtype,
+            kv_indptr, self._gather(seq_lens, seq_lens_cpu, req_to_token, req_pool_indices, int(kv_indptr[-1])),
+            self.ones(bs), h.num_qo_heads, h.num_kv_heads, h.head_dim, 1, data_type=h.kv_dtype, q_data_type=h.q_dtype,
         )
+
+    def _gather(self, seq_lens, seq_lens_cpu, req_to_token, req_pool_indices, total: int) -> torch.Tensor:
+        """KV slots of ``sinks ++ window`` per request: two range copies out of ``req_to_token``.
+
+        Built on the pool's device from batch-sized tensors, so the ``bs * (W + k)`` index list
+        never crosses from the host.
+        """
+        dev = req_to_token.device
+        seq_lens = seq_lens_cpu.to(dev, non_blocking=True) if seq_lens is None else seq_lens
+        n_sink, win_start, win_len = decode_ranges(seq_lens, self.window, self.keep_first)
+        offsets = torch.cumsum(n_sink + win_len, 0) - (n_sink + win_len)
+        out = torch.empty(max(total, 1), dtype=torch.int32, device=dev)
+        copy_ranges(req_to_token, req_pool_indices, n_sink, offsets, None, out)
+        copy_ranges(req_to_token, req_pool_indices, win_len, offsets + n_sink, win_start, out)
+        return out[:total]
 
     def run(self, q: torch.Tensor, kv_cache, sm_scale: float, logits_soft_cap: float = 0.0,
             k_scale: Optional[float] = None, v_scale: Optional[float] = None) -> torch.Tensor:

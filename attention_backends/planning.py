@@ -150,21 +150,28 @@ def plan_extra(
     return ExtraPlan(segments, merge_mask)
 
 
-def plan_decode(seq_lens: torch.Tensor, window: int, keep_first: int) -> Segments:
-    """Decode on a sliding layer without FA decode: keys ``sinks ++ last W``, one query each.
+def decode_ranges(seq_lens: torch.Tensor, window: int, keep_first: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decode without FA decode: per request, ``sinks = [0, n_sink)`` and ``window = [win_start, L)``.
 
-    ``seq_lens`` includes the token being decoded (its KV is written first).
+    Returns ``(n_sink, win_start, win_len)``; ``seq_lens`` includes the token being decoded
+    (its KV is written first). Batch-sized tensor ops only, on any device, no host sync.
     """
-    bs = seq_lens.numel()
     L = seq_lens.long()
     n_sink = torch.clamp(L, max=keep_first)
     win_start = torch.maximum(n_sink, L - window)
+    return n_sink, win_start, L - win_start
+
+
+def plan_decode(seq_lens: torch.Tensor, window: int, keep_first: int) -> Segments:
+    """Decode on a sliding layer without FA decode: keys ``sinks ++ last W``, one query each."""
+    bs = seq_lens.numel()
+    n_sink, win_start, win_len = decode_ranges(seq_lens, window, keep_first)
     # Two ranges per request, interleaved so each request's keys stay contiguous.
-    starts = torch.stack([torch.zeros_like(L), win_start], 1).flatten()
-    lens = torch.stack([n_sink, L - win_start], 1).flatten()
+    starts = torch.stack([torch.zeros_like(win_start), win_start], 1).flatten()
+    lens = torch.stack([n_sink, win_len], 1).flatten()
     seg_of_key, kv_pos = _ranges(starts, lens)
     req = torch.arange(bs, device=seq_lens.device)
-    return Segments(_indptr(torch.ones_like(L)), _indptr(n_sink + L - win_start), req[seg_of_key // 2], kv_pos)
+    return Segments(_indptr(torch.ones_like(n_sink)), _indptr(n_sink + win_len), req[seg_of_key // 2], kv_pos)
 
 
 def kv_slots(segments: Segments, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor) -> torch.Tensor:

@@ -78,7 +78,8 @@ class SWAAFlashInferBackend(FlashInferAttnBackend):
 
     def _plan_decode(self, decode: SlidingDecode, forward_batch: ForwardBatch, bs: int) -> SlidingDecode:
         seq_lens = _lens(forward_batch.seq_lens_cpu, forward_batch.seq_lens)[:bs]
-        decode.plan(seq_lens, self.req_to_token_pool.req_to_token, forward_batch.req_pool_indices[:bs])
+        decode.plan(seq_lens, self.req_to_token_pool.req_to_token, forward_batch.req_pool_indices[:bs],
+                    forward_batch.seq_lens[:bs])
         return decode
 
     # -- decode CUDA graphs: fixed buffers per captured batch size ---------------

@@ -133,3 +133,22 @@ def test_kv_slots_gather_through_req_to_token():
     assert slots.dtype == torch.int32
     expected = [req_to_token[2, p] for p in [0, 1, 16, 17, 18, 19]] + [req_to_token[0, p] for p in [0, 1, 41, 42, 43, 44]]
     assert slots.tolist() == [int(x) for x in expected]
+
+
+@settings(max_examples=100, deadline=None)
+@given(seq_lens=st.lists(st.integers(1, 90), min_size=1, max_size=6), w=st.integers(1, 30), k=st.integers(0, 40))
+def test_decode_range_copies_equal_the_plan(seq_lens, w, k):
+    """The decode path builds its index list with two range copies; they must give the plan's slots."""
+    from attention_backends.flashinfer_ops import copy_ranges
+    from attention_backends.planning import decode_ranges
+
+    bs = len(seq_lens)
+    req_to_token = torch.randperm(1000)[: (bs + 2) * 100].view(bs + 2, 100).int()
+    rpi = torch.randperm(bs + 2)[:bs]
+    L = torch.tensor(seq_lens)
+    n_sink, win_start, win_len = decode_ranges(L, w, k)
+    offsets = torch.cumsum(n_sink + win_len, 0) - (n_sink + win_len)
+    out = torch.full((int((n_sink + win_len).sum()),), -1, dtype=torch.int32)
+    copy_ranges(req_to_token, rpi, n_sink, offsets, None, out)
+    copy_ranges(req_to_token, rpi, win_len, offsets + n_sink, win_start, out)
+    assert torch.equal(out, kv_slots(plan_decode(L, w, k), req_to_token, rpi))
