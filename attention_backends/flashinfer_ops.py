@@ -14,6 +14,7 @@ from flashinfer import BatchDecodeWithPagedKVCacheWrapper, BatchPrefillWithPaged
 from flashinfer.cascade import merge_state_in_place
 
 from .planning import Segments, decode_ranges, kv_slots, plan_extra, plan_window
+from .sink_merge import row_blocks, sink_limits, sink_merge
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,24 @@ def copy_ranges(req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, lens
         out[o : o + n] = req_to_token[int(req_pool_indices[b]), s : s + n]
 
 
-class SlidingPrefill:
-    """Window pass (``window_left = W - 1``) + extra pass (sinks, ...), merged in place."""
+SINK_IMPLS = ("flashinfer", "fused")
 
-    def __init__(self, workspace: torch.Tensor, heads: HeadConfig, window: int, keep_first: int, backend: str = "fa2"):
-        self.heads, self.window, self.keep_first = heads, window, keep_first
+
+class SlidingPrefill:
+    """Window pass (``window_left = W - 1``) + the keys outside it, merged in place.
+
+    ``sinks="flashinfer"``: the outside keys are a second FlashInfer pass, merged by
+    ``merge_state_in_place``. ``sinks="fused"``: a Triton kernel computes the sinks and merges
+    in one pass (:mod:`attention_backends.sink_merge`); rows with FA decode in mixed batches,
+    which see more than the sinks, still take the FlashInfer pass.
+    """
+
+    def __init__(self, workspace: torch.Tensor, heads: HeadConfig, window: int, keep_first: int, backend: str = "fa2",
+                 sinks: str = "flashinfer"):
+        if sinks not in SINK_IMPLS:
+            raise ValueError(f"sinks: expected one of {SINK_IMPLS}; got {sinks!r}")
+        self.heads, self.window, self.keep_first, self.sinks = heads, window, keep_first, sinks
+        self.fused: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None  # slots, blocks, limits
         self.window_wrapper = BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", backend=backend)
         self.extra_wrapper = BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", backend=backend)
         self.ones = _Ones(workspace.device)
@@ -94,8 +108,16 @@ class SlidingPrefill:
     ) -> None:
         win = plan_window(prefix_lens_cpu, extend_lens_cpu, self.window)
         self._plan(self.window_wrapper, win, slots_on_device(win, req_to_token, req_pool_indices), True, self.window - 1)
+        self.merge_mask = self.fused = None
+        if self.sinks == "fused" and (full_rows_cpu is None or not bool(full_rows_cpu.any())):
+            limits = sink_limits(prefix_lens_cpu, extend_lens_cpu, self.window, self.keep_first)
+            if int(limits.max()) > 0:
+                dev = req_to_token.device
+                sink_slots = req_to_token[req_pool_indices.long(), : self.keep_first].contiguous()
+                blocks = row_blocks(extend_lens_cpu, 64).to(dev, non_blocking=True)
+                self.fused = (sink_slots, blocks, limits.to(dev, non_blocking=True))
+            return
         extra = plan_extra(prefix_lens_cpu, extend_lens_cpu, self.window, self.keep_first, full_rows_cpu)
-        self.merge_mask = None
         if not extra.empty:
             seg = extra.segments
             self._plan(self.extra_wrapper, seg, slots_on_device(seg, req_to_token, req_pool_indices), False, -1)
@@ -108,7 +130,12 @@ class SlidingPrefill:
             q, kv_cache, causal=True, window_left=self.window - 1, sm_scale=sm_scale,
             logits_soft_cap=logits_soft_cap, k_scale=k_scale, v_scale=v_scale,
         )
-        if self.merge_mask is not None:
+        if self.fused is not None:
+            if k_scale not in (None, 1.0) or v_scale not in (None, 1.0):
+                raise NotImplementedError("fused sinks: scaled (quantized) KV caches are not supported")
+            sink_slots, blocks, limits = self.fused
+            sink_merge(q, kv_cache[0], kv_cache[1], o, lse, sink_slots, blocks, limits, sm_scale)
+        elif self.merge_mask is not None:
             o_extra, lse_extra = self.extra_wrapper.forward_return_lse(
                 q, kv_cache, causal=False, sm_scale=sm_scale,
                 logits_soft_cap=logits_soft_cap, k_scale=k_scale, v_scale=v_scale,

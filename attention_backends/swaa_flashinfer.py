@@ -15,6 +15,7 @@ Plans are built on the CPU from SGLang's ``*_cpu`` lengths, once per batch.
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Optional
 
 import torch
@@ -48,7 +49,9 @@ class SWAAFlashInferBackend(FlashInferAttnBackend):
         upd = self.indices_updater_decode
         self.heads = HeadConfig(upd.num_qo_heads, upd.num_kv_heads, upd.head_dim, upd.q_data_type, upd.data_type)
         w, k = config.sliding_window_size, config.keep_first
-        self.prefill = SlidingPrefill(self.workspace_buffer, self.heads, w, k) if self.sliding_layers else None
+        # SWAA_SINK_KERNEL=fused selects the Triton sink+merge kernel (attention_backends/sink_merge.py)
+        sinks = os.environ.get("SWAA_SINK_KERNEL", "flashinfer")
+        self.prefill = SlidingPrefill(self.workspace_buffer, self.heads, w, k, sinks=sinks) if self.sliding_layers else None
         self.eager_decode = SlidingDecode(SlidingDecode.make_wrapper(self.workspace_buffer), self.heads, w, k)
         self.graph_decode: dict[int, SlidingDecode] = {}
         self.decode: Optional[SlidingDecode] = None  # the one planned for the current batch

@@ -81,7 +81,11 @@ def bench_prefill(n: int, w: int, sinks: int, hq: int, hk: int, d: int, workspac
         op.plan(torch.tensor([0]), torch.tensor([n]), req_to_token, rpi)
     torch.cuda.synchronize()
     plan_ms = (time.perf_counter() - t0) * 100
-    return {"kind": "prefill", "backend": backend, "tokens": n, "extra_ms": extra_ms, "merge_ms": merge_ms, "window": w, "sinks": sinks, "full_ms": full_ms, "window_ms": window_ms,
+    fused = SlidingPrefill(workspace, heads, w, sinks, backend=backend, sinks="fused")
+    fused.plan(torch.tensor([0]), torch.tensor([n]), req_to_token, rpi)
+    fused_ms = _time_ms(lambda: fused.run(q, pool, sm_scale=scale))
+    return {"kind": "prefill", "backend": backend, "tokens": n, "extra_ms": extra_ms, "merge_ms": merge_ms,
+            "swaa_fused_ms": fused_ms, "fused_over_window": fused_ms / window_ms, "window": w, "sinks": sinks, "full_ms": full_ms, "window_ms": window_ms,
             "swaa_ms": swaa_ms, "swaa_over_window": swaa_ms / window_ms, "full_over_swaa": full_ms / swaa_ms,
             "plan_ms": plan_ms}
 
@@ -147,13 +151,14 @@ def main() -> None:
     print(f"\n{meta['gpu']}, {meta['date']}, flashinfer {meta['flashinfer']}, heads {hq}/{hk}x{d}, "
           f"W={a.window}, sinks={a.sinks}")
     print(f"{'op':12} {'shape':>12} {'full ms':>9} {'window ms':>10} {'swaa ms':>9} {'extra':>7} {'merge':>7} "
-          f"{'swaa/win':>9} {'full/swaa':>10}")
+          f"{'swaa/win':>9} {'full/swaa':>10} {'fused ms':>9} {'fused/win':>9}")
     for r in rows:
         shape = str(r["tokens"]) if r["kind"] == "prefill" else f"{r['batch']}x{r['context']}"
         op = f"prefill/{r['backend']}" if r["kind"] == "prefill" else "decode"
         f = lambda key: f"{r[key]:.3f}" if key in r else "-"  # noqa: E731
         print(f"{op:12} {shape:>12} {r['full_ms']:9.3f} {f('window_ms'):>10} {r['swaa_ms']:9.3f} {f('extra_ms'):>7} "
-              f"{f('merge_ms'):>7} {f('swaa_over_window'):>9} {r['full_over_swaa']:10.1f}")
+              f"{f('merge_ms'):>7} {f('swaa_over_window'):>9} {r['full_over_swaa']:10.1f} {f('swaa_fused_ms'):>9} "
+              f"{f('fused_over_window'):>9}")
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1)

@@ -50,7 +50,7 @@ def _reference(q, pool, req_to_token, req_pool_index, L, q_pos, cfg, decode, sca
     return swaa_attention(q.double(), k, v, cfg, 0, q_pos, k_pos, decode=decode, scale=scale)
 
 
-def random_extend_case(seed: int, rng: random.Random) -> float:
+def random_extend_case(seed: int, rng: random.Random, sinks: str = "flashinfer") -> float:
     from attention_backends.flashinfer_ops import SlidingPrefill
 
     hq, hk, d = rng.choice(HEADS)
@@ -64,7 +64,7 @@ def random_extend_case(seed: int, rng: random.Random) -> float:
     extend = [1 if dr else e for e, dr in zip(extend, decode_rows)]
     seq_lens = [p + e for p, e in zip(prefix, extend)]
     g, pool, r2t, rpi, heads, ws = _setup(seed, hq, hk, d, seq_lens)
-    op = SlidingPrefill(ws, heads, w, k)
+    op = SlidingPrefill(ws, heads, w, k, sinks=sinks)
     full_rows = torch.tensor(decode_rows) & fa
     op.plan(torch.tensor(prefix), torch.tensor(extend), r2t, rpi, full_rows)
     q = torch.randn(sum(extend), hq, d, device="cuda", generator=g).bfloat16()
@@ -109,10 +109,12 @@ def cuda():
     pytest.importorskip("flashinfer")
 
 
-def test_extend_random_cases(cuda):
+@pytest.mark.parametrize("sinks", ["flashinfer", "fused"])
+def test_extend_random_cases(cuda, sinks):
     rng = random.Random(0)
-    errors = [random_extend_case(i, rng) for i in range(150)]
-    print(f"extend: {len(errors)} cases, max rel err {max(errors):.2e}, mean {sum(errors) / len(errors):.2e}")
+    errors = [random_extend_case(i, rng, sinks) for i in range(150)]
+    print(f"extend ({sinks} sinks): {len(errors)} cases, max rel err {max(errors):.2e}, "
+          f"mean {sum(errors) / len(errors):.2e}")
     assert max(errors) < 1e-2
 
 
