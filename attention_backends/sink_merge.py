@@ -66,7 +66,7 @@ if triton is not None:
         req = tl.load(BLOCKS + blk * 3)
         row0 = tl.load(BLOCKS + blk * 3 + 1)
         row1 = tl.load(BLOCKS + blk * 3 + 2)
-        rows = row0 + tl.arange(0, BLOCK_M)
+        rows = (row0 + tl.arange(0, BLOCK_M)).to(tl.int64)  # int64: rows * stride can pass 2**31
         row_ok = rows < row1
         limit = tl.load(ROW_LIMIT + rows, mask=row_ok, other=0)  # sinks each row sees
         n_keys = tl.max(limit, 0)
