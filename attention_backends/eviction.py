@@ -1,0 +1,337 @@
+"""SWAA window eviction: the keep/free policy, and SGLang 0.5.17's SWA radix cache taught sinks.
+
+Two parts (see ``attention_backends/EVICTION.md`` for the design and the evidence):
+
+* **Policy** (pure Python, no SGLang): which positions a windowed layer (sliding,
+  no FA decode) must keep for a request, which it may free, and how far a cached
+  prefix whose window KV was partly freed may be reused. Positions follow the
+  visibility rule of ``swaa_sglang.reference``: query ``i`` sees ``j <= i`` with
+  ``i - j < W`` or ``j < k``.
+
+* **SGLang integration**: :class:`SWAASinkRadixCache` extends SGLang's
+  ``SWARadixCache`` (hybrid full + SWA pool) with the sinks it lacks:
+
+  - nodes never straddle the sink boundary ``K = ceil(k / page) * page``;
+  - a request that locks a path also SWA-locks the nodes of ``[0, K)`` on it
+    ("sink lock"), released in ``dec_lock_ref`` (also after SGLang's early
+    window-lock release, which never touches sink locks), so SWA LRU eviction
+    cannot free sinks something depends on;
+  - ``insert`` treats ``[0, K)`` as live even when the request's
+    ``swa_evicted_seqlen`` frontier lies past it (SGLang's frontier assumes
+    everything below it was freed; with ``Req.swa_evict_floor = K`` the sinks
+    were protected instead);
+  - matching is cut back to the first SWA tombstone that starts inside the sinks
+    (SGLang already cuts back for a missing window).
+
+  Requests must carry ``swa_evict_floor = K`` (:func:`sink_floor`) so that
+  SGLang's own ``free_swa_out_of_window_slots`` never frees ``[0, K)``, and the
+  cache must be built with ``sliding_window_size = W - 1`` (SGLang's window is
+  exclusive of the query: :func:`sglang_window`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+Range = tuple[int, int]  # half-open [lo, hi)
+
+
+# -- policy (pure) ----------------------------------------------------------------
+def sglang_window(window: int) -> int:
+    """SGLang's ``sliding_window_size`` for a SWAA window of W keys (query included): W - 1.
+
+    ``W = 1`` (each query sees only itself) is refused: SGLang's SWA radix cache takes no
+    SWA lock for a window of 0 but its ``dec_lock_ref`` would then unlock to the root.
+    """
+    if window < 2:
+        raise ValueError(f"sliding_window_size: window eviction needs W >= 2; got {window}")
+    return window - 1
+
+
+def sink_floor(keep_first: int, page_size: int = 1) -> int:
+    """``K``: the sink region rounded up to whole pages (what the pool must never evict)."""
+    if keep_first <= 0:
+        return 0
+    return -(-keep_first // page_size) * page_size
+
+
+def _merge(ranges: Iterable[Range]) -> list[Range]:
+    out: list[Range] = []
+    for lo, hi in sorted(r for r in ranges if r[1] > r[0]):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def needed_ranges(kv_len: int, next_query: int, window: int, keep_first: int) -> list[Range]:
+    """Positions of ``[0, kv_len)`` that a windowed layer still reads.
+
+    ``next_query`` is the smallest position of any query still to run on this request
+    (``kv_len`` in plain decode: the token being decoded; earlier with chunked prefill
+    planned ahead or an in-flight batch). Every later query ``i >= next_query`` reads the
+    sinks ``[0, min(k, i + 1))`` and its window ``(i - W, i]``; their union over the
+    positions already computed is ``[0, min(k, kv_len)) | [max(0, next_query - W + 1), kv_len)``.
+    """
+    if not 0 <= next_query <= kv_len:
+        raise ValueError(f"next_query {next_query} outside [0, {kv_len}]")
+    sinks = (0, min(keep_first, kv_len))
+    win = (max(0, next_query - window + 1), kv_len)
+    return _merge([sinks, win])
+
+
+def freeable_ranges(kv_len: int, next_query: int, window: int, keep_first: int) -> list[Range]:
+    """Complement of :func:`needed_ranges` in ``[0, kv_len)``: at most one range, ``[k, window start)``."""
+    out, pos = [], 0
+    for lo, hi in needed_ranges(kv_len, next_query, window, keep_first):
+        if lo > pos:
+            out.append((pos, lo))
+        pos = hi
+    if pos < kv_len:
+        out.append((pos, kv_len))
+    return out
+
+
+def needed_for_prefix(prefix_len: int, window: int, keep_first: int) -> list[Range]:
+    """KV of a reused prefix ``[0, p)`` that the request's new tokens (positions >= p) read."""
+    return needed_ranges(prefix_len, prefix_len, window, keep_first)
+
+
+def usable_prefix_len(
+    present: Sequence[bool], boundaries: Sequence[int], window: int, keep_first: int
+) -> int:
+    """The cut-back rule: the longest reusable prefix of a cached match.
+
+    ``present[j]`` says whether the windowed-layer KV of position ``j`` of the matched
+    prefix still exists; ``boundaries`` are the lengths a match may be cut to (node
+    boundaries of the radix tree; 0 is always allowed). Returns the largest boundary
+    ``p <= len(present)`` whose :func:`needed_for_prefix` positions are all present.
+    """
+    n = len(present)
+    missing_prefix = [0] * (n + 1)  # missing_prefix[j] = number of absent positions in [0, j)
+    for j, ok in enumerate(present):
+        missing_prefix[j + 1] = missing_prefix[j] + (0 if ok else 1)
+    best = 0
+    for p in boundaries:
+        if not 0 < p <= n or p <= best:
+            continue
+        if all(missing_prefix[hi] == missing_prefix[lo] for lo, hi in needed_for_prefix(p, window, keep_first)):
+            best = p
+    return best
+
+
+def sglang_evicted_frontier(
+    prev_frontier: int, pre_len: int, window: int, page_size: int, protected_len: int, floor: int,
+    chunk_cache: bool = False,
+) -> int:
+    """Where SGLang 0.5.17's ``free_swa_out_of_window_slots`` leaves ``swa_evicted_seqlen``.
+
+    A transcription of ``sglang/srt/mem_cache/common.py:47-95`` for documentation and
+    tests; it frees ``[prev, new)`` where ``prev = max(prev_frontier, floor')``.
+    """
+    w = sglang_window(window)
+    evict_floor = max(protected_len, floor)
+    if page_size > 1 and evict_floor > protected_len:
+        evict_floor = -(-evict_floor // page_size) * page_size
+    prev = max(prev_frontier, evict_floor)
+    threshold = pre_len - w if chunk_cache else pre_len - max(w, page_size)
+    new = max(prev, threshold)
+    if page_size > 1:
+        new = (new // page_size) * page_size
+    return max(new, prev)
+
+
+# -- SGLang 0.5.17 integration ------------------------------------------------------
+try:  # the policy above must stay importable without SGLang
+    from sglang.srt.mem_cache.base_prefix_cache import (
+        DecLockRefParams,
+        DecLockRefResult,
+        IncLockRefResult,
+        InsertParams,
+        InsertResult,
+    )
+    from sglang.srt.mem_cache.swa_radix_cache import SWARadixCache
+
+    _HAVE_SGLANG = True
+except ImportError:  # pragma: no cover - exercised only without SGLang
+    _HAVE_SGLANG = False
+    SWARadixCache = object  # type: ignore[assignment,misc]
+
+
+class SWAASinkRadixCache(SWARadixCache):  # type: ignore[misc,valid-type]
+    """SGLang's hybrid-SWA radix cache with SWAA sinks. Build with ``sliding_window_size = W - 1``."""
+
+    def __init__(self, params, keep_first: int):
+        if not _HAVE_SGLANG:  # pragma: no cover
+            raise ImportError("SWAASinkRadixCache needs sglang")
+        if keep_first < 0:
+            raise ValueError(f"keep_first: must be >= 0; got {keep_first}")
+        if params.sliding_window_size is None or params.sliding_window_size < 1:
+            raise ValueError(
+                f"sliding_window_size: the SWA radix cache needs SGLang's window W - 1 >= 1; "
+                f"got {params.sliding_window_size}"
+            )
+        from sglang.srt.mem_cache.allocator.swa import PureSWATokenToKVPoolAllocator
+
+        if isinstance(params.token_to_kv_pool_allocator, PureSWATokenToKVPoolAllocator):
+            raise ValueError(
+                "SWAASinkRadixCache needs the hybrid (full + SWA) allocator; SGLang chose the all-SWA "
+                "allocator because no layer keeps full KV (see EVICTION.md, 'all layers windowed')"
+            )
+        self.keep_first = keep_first
+        self.sink_len = sink_floor(keep_first, params.page_size)
+        super().__init__(params)
+
+    # -- tree geometry -------------------------------------------------------------
+    def _path(self, node) -> list:
+        """Nodes from the root's child down to ``node`` (root excluded)."""
+        path = []
+        while node is not None and node is not self.root_node:
+            path.append(node)
+            node = node.parent
+        path.reverse()
+        return path
+
+    def _sink_nodes(self, node) -> list:
+        """Nodes on the path to ``node`` that start inside the sink region ``[0, K)``."""
+        if self.sink_len == 0:
+            return []
+        out, start = [], 0
+        for n in self._path(node):
+            if start >= self.sink_len:
+                break
+            out.append(n)
+            start += len(n.value)
+        return out
+
+    def _split_at_sink_boundary(self, key) -> None:
+        """Split the node of ``key``'s path that straddles ``K`` (insert may create one)."""
+        K = self.sink_len
+        if K == 0 or len(key) <= K:
+            return
+        node, start = self.root_node, 0
+        while start < K and len(key) > 0:
+            child = node.children.get(key.child_key(self.page_size))
+            if child is None:
+                return
+            n = len(child.key)
+            if start < K < start + n:
+                self._split_node(child.key, child, K - start)
+                return
+            matched = child.key.match(key, page_size=self.page_size)
+            if matched < n:
+                return
+            node, start, key = child, start + n, key[n:]
+
+    # -- insert: sinks are live whatever the eviction frontier says -------------------
+    def insert(self, params: InsertParams) -> InsertResult:
+        K = self.sink_len
+        key = params.key
+        if self.disable or K == 0 or params.swa_evicted_seqlen <= 0 or len(key) == 0:
+            result = super().insert(params)
+        else:
+            # SGLang's frontier (swa_evicted_seqlen) claims [prev_prefix_len, frontier) was
+            # freed; [0, K) was protected by Req.swa_evict_floor, so insert it live first.
+            prev = params.prev_prefix_len
+            value = params.value
+            if prev < K:
+                super().insert(InsertParams(key=key[:K], value=value[:K], prev_prefix_len=prev))
+            result = super().insert(
+                InsertParams(
+                    key=key,
+                    value=value,
+                    prev_prefix_len=max(prev, K),
+                    swa_evicted_seqlen=max(params.swa_evicted_seqlen, K),
+                )
+            )
+        self._split_at_sink_boundary(key.page_aligned(self.page_size))
+        return result
+
+    # -- match: cut back before a tombstoned sink -------------------------------------
+    def _match_prefix_helper(self, key):
+        value, best_node, best_len = super()._match_prefix_helper(key)
+        if self.sink_len == 0 or best_len == 0:
+            return value, best_node, best_len
+        start = 0
+        for idx, n in enumerate(self._path(best_node)):
+            if start >= self.keep_first:
+                break
+            if n.swa_tombstone:  # a sink of this prefix is gone: only [0, start) is reusable
+                return value, (n.parent if idx > 0 else self.root_node), idx
+            start += len(n.value)
+        return value, best_node, best_len
+
+    # -- locks: sinks are SWA-locked by every request whose path reaches them ------------
+    def _sink_lock(self, node, delta: int) -> None:
+        for n in self._sink_nodes(node):
+            if delta > 0:
+                assert not n.swa_tombstone, f"sink lock on a tombstoned sink node {n.id}"
+                if n.swa_lock_ref == 0:
+                    self.swa_evictable_size_ -= len(n.value)
+                    self.swa_protected_size_ += len(n.value)
+                n.swa_lock_ref += 1
+            else:
+                assert n.swa_lock_ref > 0, f"sink unlock on node {n.id} with swa_lock_ref 0"
+                assert not n.swa_tombstone, f"sink unlock on a tombstoned sink node {n.id}"
+                if n.swa_lock_ref == 1:
+                    self.swa_evictable_size_ += len(n.value)
+                    self.swa_protected_size_ -= len(n.value)
+                n.swa_lock_ref -= 1
+
+    def inc_lock_ref(self, node) -> IncLockRefResult:
+        result = super().inc_lock_ref(node)
+        if not self.disable:
+            self._sink_lock(node, +1)
+        return result
+
+    def dec_lock_ref(self, node, params: DecLockRefParams | None = None, skip_swa: bool = False) -> DecLockRefResult:
+        # Always release the sink lock, also with skip_swa=True (SGLang's early window-lock
+        # release, dec_swa_lock_only, never touches the sink lock).
+        if not self.disable:
+            self._sink_lock(node, -1)
+        return super().dec_lock_ref(node, params, skip_swa=skip_swa)
+
+
+def make_radix_cache_factory(keep_first: int):
+    """A ``register_radix_cache_backend`` factory building :class:`SWAASinkRadixCache`.
+
+    The window comes from ``ctx.params.sliding_window_size``, i.e. the model runner's
+    ``sliding_window_size``; the HF-config override must therefore set the window to
+    W - 1 (see EVICTION.md). With ``--disable-radix-cache`` it builds SGLang's
+    ``SWAChunkCache`` (as the default chain does), which honours ``swa_evict_floor``
+    and needs nothing more for sinks.
+    """
+
+    def factory(ctx):
+        if not ctx.is_hybrid_swa:
+            raise ValueError(
+                "radix_cache_backend: the SWAA eviction cache needs SGLang's hybrid SWA pool "
+                "(is_hybrid_swa); it is off for this model"
+            )
+        if ctx.disable_radix_cache:
+            if ctx.full_tokens_per_layer == 0:
+                raise ValueError(
+                    "SWAA eviction: every layer is windowed, so SGLang would use its all-SWA pool, "
+                    "whose chunk cache frees the floor range only on finish; not validated (EVICTION.md)"
+                )
+            from sglang.srt.mem_cache.chunk_cache import SWAChunkCache
+
+            return SWAChunkCache(ctx.params)
+        return SWAASinkRadixCache(ctx.params, keep_first)
+
+    return factory
+
+
+def sink_floor_hook(keep_first: int, page_size: int = 1):
+    """AFTER hook for ``sglang.srt.managers.schedule_batch.Req.__init__``: ``swa_evict_floor = K``.
+
+    SGLang's ``free_swa_out_of_window_slots`` (mem_cache/common.py:64-67) then never frees
+    ``[0, K)`` of a request's own KV; the tree protects cached sinks with the sink lock.
+    """
+    floor = sink_floor(keep_first, page_size)
+
+    def hook(result, req, *args, **kwargs):
+        req.swa_evict_floor = max(getattr(req, "swa_evict_floor", 0), floor)
+
+    return hook
