@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run on the GPU host after the offline stack is in /tmp/site (../shared/gpu/README.md):
-#   bash benchmarks/gpu_host.sh [ops] [tests] [models] [bench]    (default: all)
+#   bash benchmarks/gpu_host.sh [ops] [tests] [models] [bench] [e2e]    (default: ops tests models bench)
 # Installs this checkout into /tmp/site the way SGLang finds plugins (entry point
 # metadata), then runs the gpu-marked tests and the op benchmark; logs go to $OUT.
 set -uo pipefail
@@ -18,6 +18,7 @@ for step in $steps; do
     ops)   python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_ops.py 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_ops.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
     tests) python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_engine.py 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_engine.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
     models) python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_models.py 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_models.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
+    e2e)   python3 benchmarks/bench_e2e.py ${E2E_ARGS:-} --out "$SWAA_RESULTS_DIR/e2e.json" 2>&1 | tee "$SWAA_RESULTS_DIR/e2e.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
     bench) python3 benchmarks/bench_attention_ops.py ${BENCH_ARGS:-} --out "$SWAA_RESULTS_DIR/ops.json" 2>&1 | tee "$SWAA_RESULTS_DIR/bench_ops.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
   esac
 done

@@ -1,0 +1,118 @@
+"""End-to-end benchmark: sglang.Engine with the swaa backend against vanilla SGLang (GPU).
+
+For each setting (vanilla flashinfer, or a SWAA preset) one Engine is started on a
+dummy-weight model config (default: Qwen3-4B-Instruct-2507 shape), then, one request at
+a time after a warm-up: time to first token and decode tokens/s at each prompt length;
+and offline throughput for many concurrent long requests. Writes JSON (one file per
+run, appended per setting so a killed run keeps what it measured) and prints a table.
+
+    python benchmarks/bench_e2e.py --settings vanilla,sink100-2k,balanced --out results.json
+    python benchmarks/bench_e2e.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import random
+import time
+from datetime import date
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _engine(setting: str, model: str, context_len: int, mem: float, extra: dict):
+    import sglang
+
+    from swaa_sglang.config import preset_config
+
+    kwargs = dict(model_path=model, load_format="dummy", skip_tokenizer_init=True, mem_fraction_static=mem,
+                  context_length=context_len, chunked_prefill_size=8192, log_level="error", **extra)
+    if setting == "vanilla":
+        kwargs["attention_backend"] = "flashinfer"
+    else:
+        kwargs["attention_backend"] = "swaa"
+        kwargs["json_model_override_args"] = json.dumps({"swaa": preset_config(setting).to_dict()})
+    return sglang.Engine(**kwargs)
+
+
+def _ids(rng: random.Random, n: int) -> list[int]:
+    return [rng.randrange(1000, 100000) for _ in range(n)]
+
+
+def _gen(engine, prompts, max_new: int) -> float:
+    t0 = time.perf_counter()
+    engine.generate(input_ids=prompts, sampling_params={"temperature": 0, "max_new_tokens": max_new, "ignore_eos": True})
+    return time.perf_counter() - t0
+
+
+def measure(setting: str, a) -> dict:
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        def tqdm(x, **_):
+            return x
+    rng = random.Random(0)
+    t0 = time.perf_counter()
+    engine = _engine(setting, a.model, max(a.lengths) + a.decode_tokens + 64, a.mem, {})
+    row = {"setting": setting, "startup_s": time.perf_counter() - t0, "single": [], "offline": None}
+    try:
+        _gen(engine, [_ids(rng, 1024)], 8)  # warm-up
+        for n in tqdm(a.lengths, desc=f"{setting} single"):
+            # fresh random prompts: no radix-cache hits
+            ttft = min(_gen(engine, [_ids(rng, n)], 1) for _ in range(a.repeats))
+            total = _gen(engine, [_ids(rng, n)], a.decode_tokens + 1)
+            row["single"].append({"prompt_tokens": n, "ttft_s": ttft,
+                                  "decode_tok_s": a.decode_tokens / max(total - ttft, 1e-9)})
+        if a.offline_requests:
+            prompts = [_ids(rng, a.offline_len) for _ in range(a.offline_requests)]
+            dt = _gen(engine, prompts, a.offline_out)
+            row["offline"] = {"requests": a.offline_requests, "prompt_tokens": a.offline_len,
+                              "output_tokens": a.offline_out, "seconds": dt,
+                              "output_tok_s": a.offline_requests * a.offline_out / dt}
+    finally:
+        engine.shutdown()
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--settings", default="vanilla,sink100-2k,balanced",
+                   help="comma list: 'vanilla' (flashinfer backend) and SWAA preset names")
+    p.add_argument("--model", default=str(HERE / "models" / "qwen3-4b-2507"), help="dir with config.json")
+    p.add_argument("--lengths", default="8192,32768,65536,131072")
+    p.add_argument("--decode-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=2, help="TTFT: best of this many")
+    p.add_argument("--offline-requests", type=int, default=32)
+    p.add_argument("--offline-len", type=int, default=32768)
+    p.add_argument("--offline-out", type=int, default=256)
+    p.add_argument("--mem", type=float, default=0.85, help="mem_fraction_static")
+    p.add_argument("--quick", action="store_true", help="8K and 32K only, 8 offline requests")
+    p.add_argument("--out", help="JSON file (rewritten after each setting)")
+    a = p.parse_args()
+    a.lengths = [8192, 32768] if a.quick else [int(x) for x in a.lengths.split(",")]
+    if a.quick:
+        a.offline_requests, a.offline_len = 8, 8192
+    import torch
+
+    result = {"meta": {"gpu": torch.cuda.get_device_name(), "date": date.today().isoformat(),
+                       "model": a.model, "argv": sys.argv}, "rows": []}
+    for setting in a.settings.split(","):
+        result["rows"].append(measure(setting, a))
+        if a.out:
+            Path(a.out).write_text(json.dumps(result, indent=1))
+    print(f"\n{result['meta']['gpu']}, {result['meta']['date']}, {Path(a.model).name}, dummy weights")
+    print(f"{'setting':16} {'prompt':>8} {'TTFT s':>8} {'decode tok/s':>13}")
+    for r in result["rows"]:
+        for s in r["single"]:
+            print(f"{r['setting']:16} {s['prompt_tokens']:>8} {s['ttft_s']:8.3f} {s['decode_tok_s']:13.1f}")
+        if r["offline"]:
+            o = r["offline"]
+            print(f"{r['setting']:16} offline {o['requests']} x {o['prompt_tokens']} -> {o['output_tokens']}: "
+                  f"{o['output_tok_s']:.1f} output tok/s")
+
+
+if __name__ == "__main__":
+    main()
