@@ -43,9 +43,13 @@ class OpCheck:
         if mode == "decode":
             seq_lens = forward_batch.seq_lens.tolist()
             q_lens = [1] * len(seq_lens)
+            generated = [True] * len(seq_lens)
         else:
             q_lens = list(forward_batch.extend_seq_lens_cpu)
             seq_lens = [p + e for p, e in zip(forward_batch.extend_prefix_lens_cpu, q_lens)]
+            # mixed batches: the last requests are generating (marked by the plugin's hook)
+            n_gen = getattr(forward_batch, "swaa_mixed_decode_rows", 0) or 0
+            generated = [b >= len(seq_lens) - n_gen for b in range(len(seq_lens))]
         refs, row = [], 0
         for b, (L, n) in enumerate(zip(seq_lens, q_lens)):
             slots = req_to_token[forward_batch.req_pool_indices[b], :L].long()
@@ -53,12 +57,12 @@ class OpCheck:
             q_pos = torch.arange(L - n, L, device=q.device)
             refs.append(swaa_attention(
                 q[row : row + n].double(), k, v, self.config, layer.layer_id, q_pos,
-                torch.arange(L, device=q.device), decode=(mode == "decode"), scale=layer.scaling,
+                torch.arange(L, device=q.device), decode=generated[b], scale=layer.scaling,
             ))
             row += n
         ref = torch.cat(refs)
         err = float((out[:row].double() - ref).norm() / ref.norm().clamp_min(1e-30))
-        record = {"mode": mode, "layer": layer.layer_id, "rel_err": err, "batch": len(seq_lens),
+        record = {"mode": mode, "layer": layer.layer_id, "generated_rows": sum(generated) if mode != "decode" else 0, "rel_err": err, "batch": len(seq_lens),
                   "tokens": row, "max_seq_len": max(seq_lens), "finite": bool(torch.isfinite(out[:row]).all())}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -47,19 +47,7 @@ def check_server_args(server_args: Any) -> SWAAConfig:
         )
     if _get(server_args, "enable_mis"):
         raise ValueError("enable_mis: multi-item scoring is not supported with SWAA; allowed: off")
-    if _get(server_args, "enable_mixed_chunk") and config.enabled and _uses_fa_decode_anywhere(config):
-        raise ValueError(
-            "enable_mixed_chunk: mixed prefill/decode batches do not mark which rows are generated tokens, "
-            "so full-attention decode (force_fa_decode) cannot be honoured in them; turn one of the two off"
-        )
     return config
-
-
-def _uses_fa_decode_anywhere(config: SWAAConfig) -> bool:
-    fa = config.force_fa_decode
-    if isinstance(fa, bool):
-        return fa
-    return len(fa) > 0 if isinstance(fa, tuple) else True  # a pattern names some layers
 
 
 def check_model(config: SWAAConfig, model: ModelFacts) -> SWAAConfig:

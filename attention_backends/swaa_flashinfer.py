@@ -35,6 +35,19 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def mixed_decode_rows(forward_batch: ForwardBatch) -> int:
+    """Requests at the end of a mixed batch that are generating (marked by the plugin's hook)."""
+    if not forward_batch.forward_mode.is_mixed():
+        return 0
+    n = getattr(forward_batch, "swaa_mixed_decode_rows", None)
+    if n is None:
+        raise RuntimeError(
+            "swaa: a mixed prefill/decode batch arrived without its generated rows marked; the plugin's hook "
+            "on ForwardBatch.init_new did not run (was the swaa plugin loaded through SGLang's plugin loader?)"
+        )
+    return n
+
+
 def _lens(cpu_lens, device_lens: torch.Tensor) -> torch.Tensor:
     return device_lens.cpu().long() if cpu_lens is None else torch.as_tensor(cpu_lens, dtype=torch.int64)
 
@@ -52,6 +65,10 @@ class SWAAFlashInferBackend(FlashInferAttnBackend):
         # SWAA_SINK_KERNEL=fused selects the Triton sink+merge kernel (attention_backends/sink_merge.py)
         sinks = os.environ.get("SWAA_SINK_KERNEL", "flashinfer")
         self.prefill = SlidingPrefill(self.workspace_buffer, self.heads, w, k, sinks=sinks) if self.sliding_layers else None
+        # Sliding layers with FA decode, in mixed batches: generated rows see everything there.
+        self.fa_sliding_layers = self.sliding_layers - self.windowed_decode_layers
+        self.prefill_fa = SlidingPrefill(self.workspace_buffer, self.heads, w, k, sinks=sinks) if self.fa_sliding_layers else None
+        self.prefill_fa_planned = False
         self.eager_decode = SlidingDecode(SlidingDecode.make_wrapper(self.workspace_buffer), self.heads, w, k)
         self.graph_decode: dict[int, SlidingDecode] = {}
         self.decode: Optional[SlidingDecode] = None  # the one planned for the current batch
@@ -70,14 +87,18 @@ class SWAAFlashInferBackend(FlashInferAttnBackend):
             if self.windowed_decode_layers and not mode.is_idle():
                 self.decode = self._plan_decode(self.eager_decode, forward_batch, forward_batch.batch_size)
         elif self.prefill is not None:
-            # Generated rows of mixed batches follow prompt semantics (right without FA
-            # decode; mixed chunks with FA decode are refused at start).
-            self.prefill.plan(
-                torch.as_tensor(forward_batch.extend_prefix_lens_cpu, dtype=torch.int64),
-                torch.as_tensor(forward_batch.extend_seq_lens_cpu, dtype=torch.int64),
-                self.req_to_token_pool.req_to_token,
-                forward_batch.req_pool_indices,
-            )
+            prefix = torch.as_tensor(forward_batch.extend_prefix_lens_cpu, dtype=torch.int64)
+            extend = torch.as_tensor(forward_batch.extend_seq_lens_cpu, dtype=torch.int64)
+            r2t, rpi = self.req_to_token_pool.req_to_token, forward_batch.req_pool_indices
+            # Prompt semantics for every row: right on layers without FA decode, where a
+            # generated row sees sinks + window exactly like a prompt row.
+            self.prefill.plan(prefix, extend, r2t, rpi)
+            n_generated = mixed_decode_rows(forward_batch)
+            self.prefill_fa_planned = bool(n_generated and self.prefill_fa is not None)
+            if self.prefill_fa_planned:
+                full_rows = torch.zeros(len(extend), dtype=torch.bool)
+                full_rows[len(extend) - n_generated :] = True
+                self.prefill_fa.plan(prefix, extend, r2t, rpi, full_rows)
 
     def _plan_decode(self, decode: SlidingDecode, forward_batch: ForwardBatch, bs: int) -> SlidingDecode:
         seq_lens = _lens(forward_batch.seq_lens_cpu, forward_batch.seq_lens)[:bs]
@@ -129,7 +150,8 @@ class SWAAFlashInferBackend(FlashInferAttnBackend):
         else:
             if k is not None and save_kv_cache:
                 self._save_kv(layer, forward_batch, k, v)
-            o = self._run(self.prefill, q, layer)
+            fa_rows = self.prefill_fa_planned and layer.layer_id in self.fa_sliding_layers
+            o = self._run(self.prefill_fa if fa_rows else self.prefill, q, layer)
         self._maybe_check("extend", layer, o, q, forward_batch)
         return o
 

@@ -48,6 +48,20 @@ def _check_model(result, server_args, *args, **kwargs):
     return None
 
 
+def _mark_mixed_decode_rows(result, *args, **kwargs):
+    """AFTER hook on ``ForwardBatch.init_new``: how many requests at the end of a mixed batch are decoding.
+
+    SGLang folds running decode requests into a prefill batch (``--enable-mixed-chunk``) as
+    one-token extends appended after the prefill requests, and keeps them in
+    ``ScheduleBatch.decoding_reqs``, which the ForwardBatch does not carry. FA decode needs to
+    know those rows; the backend refuses a mixed batch that this hook did not mark.
+    """
+    batch = kwargs.get("batch", args[1] if len(args) > 1 else None)
+    mixed = result.forward_mode.is_mixed()
+    result.swaa_mixed_decode_rows = len(getattr(batch, "decoding_reqs", None) or []) if mixed else 0
+    return result
+
+
 def register() -> None:
     """Register the backend, its CLI choice and the server-args check. Idempotent."""
     global _registered
@@ -66,6 +80,9 @@ def register() -> None:
     post_init = "sglang.srt.server_args.ServerArgs.__post_init__"
     HookRegistry.register(post_init, _prepare_server_args, HookType.BEFORE)
     HookRegistry.register(post_init, _check_model, HookType.AFTER)
+    HookRegistry.register(
+        "sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new", _mark_mixed_decode_rows, HookType.AFTER
+    )
     _registered = True
     logger.info("swaa: attention backend registered")
 

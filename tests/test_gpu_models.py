@@ -77,10 +77,13 @@ def test_page_sizes(tmp_path, page_size):
     _assert_exact(_serve_and_check(tmp_path, "qwen3-0.6b", page_size=page_size))
 
 
-def test_mixed_chunk_batches(tmp_path):
-    """Decode rows folded into prefill batches follow the rule (FA decode off: allowed)."""
-    cfg = SWAAConfig(sliding_window_size=64, keep_first=4)
-    _assert_exact(_serve_and_check(tmp_path, "qwen3-0.6b", cfg, n_prompts=12, enable_mixed_chunk=True))
+@pytest.mark.parametrize("fa_decode", [False, True])
+def test_mixed_chunk_batches(tmp_path, fa_decode):
+    """Generated rows folded into prefill batches follow decode semantics (FA decode where configured)."""
+    cfg = SWAAConfig(sliding_window_size=64, keep_first=4, force_fa_decode=fa_decode)
+    records = _serve_and_check(tmp_path, "qwen3-0.6b", cfg, n_prompts=12, enable_mixed_chunk=True)
+    _assert_exact(records)
+    assert any(r.get("generated_rows", 0) > 0 for r in records), "no mixed batch was checked"
 
 
 def test_tensor_parallel_2(tmp_path):

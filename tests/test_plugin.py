@@ -38,6 +38,8 @@ def test_entry_point_registers_backend_in_a_fresh_process():
         "assert 'swaa' in ATTENTION_BACKEND_CHOICES\n"
         "from sglang.srt.server_args import ServerArgs\n"
         "assert getattr(ServerArgs.__post_init__, '__wrapped__', None) is not None, 'server-args hook not applied'\n"
+        "from sglang.srt.model_executor.forward_batch_info import ForwardBatch\n"
+        "assert getattr(ForwardBatch.init_new, '__wrapped__', None) is not None, 'ForwardBatch hook not applied'\n"
         "print('registered')\n"
     )
     r = _run(code)
@@ -155,8 +157,6 @@ def _server_args(**kw):
         ({"enable_mis": True}, "enable_mis: multi-item scoring is not supported"),
         ({"json_model_override_args": "{}"}, "swaa: the 'swaa' attention backend needs a SWAA config"),
         ({"json_model_override_args": "[1]"}, "json_model_override_args: expected a JSON object"),
-        ({"enable_mixed_chunk": True, "json_model_override_args": with_config(None, SWAAConfig(64, 4, True))},
-         "enable_mixed_chunk: mixed prefill/decode batches"),
     ],
 )
 def test_server_arg_refusals(kw, message):
@@ -165,9 +165,29 @@ def test_server_arg_refusals(kw, message):
     assert str(e.value).startswith(message)
 
 
-def test_mixed_chunk_allowed_without_fa_decode():
+def test_mixed_chunk_allowed_with_and_without_fa_decode():
     assert check_server_args(_server_args(enable_mixed_chunk=True)) == SWAAConfig(64, 4)
+    fa = SWAAConfig(64, 4, True)
+    assert check_server_args(_server_args(enable_mixed_chunk=True, json_model_override_args=with_config(None, fa))) == fa
     assert check_server_args(_server_args(decode_attention_backend="swaa")) == SWAAConfig(64, 4)
+
+
+def test_mixed_batches_mark_their_generated_rows():
+    """The ForwardBatch hook counts ScheduleBatch.decoding_reqs; the backend refuses unmarked mixed batches."""
+    from attention_backends.swaa_flashinfer import mixed_decode_rows
+    from swaa_sglang.plugin import _mark_mixed_decode_rows
+
+    def fb(mixed: bool):
+        return types.SimpleNamespace(forward_mode=types.SimpleNamespace(is_mixed=lambda: mixed))
+
+    batch = types.SimpleNamespace(decoding_reqs=["r1", "r2", "r3"])
+    marked = _mark_mixed_decode_rows(fb(True), object, batch, None)
+    assert marked.swaa_mixed_decode_rows == 3 and mixed_decode_rows(marked) == 3
+    assert _mark_mixed_decode_rows(fb(True), object, batch=types.SimpleNamespace(decoding_reqs=None)).swaa_mixed_decode_rows == 0
+    assert _mark_mixed_decode_rows(fb(False), object, batch, None).swaa_mixed_decode_rows == 0
+    assert mixed_decode_rows(fb(False)) == 0
+    with pytest.raises(RuntimeError, match="without its generated rows marked"):
+        mixed_decode_rows(fb(True))
 
 
 @pytest.mark.parametrize(
