@@ -329,6 +329,15 @@ def swaa_attention_forward(
 
 
 # -- CLI -------------------------------------------------------------------------------
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """The SWAA flags of the reference CLIs: a preset, then single fields on top (see :func:`build_config`)."""
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="a paper setting; the flags below override it")
+    parser.add_argument("--window", help="sliding_window_size: keys per query, itself included ('none' = full)")
+    parser.add_argument("--keep-first", help="keep_first: sink tokens always visible")
+    parser.add_argument("--fa-decode", help="force_fa_decode: on, off, or the layers (e.g. '0-3,8', 'odd')")
+    parser.add_argument("--full-layers", help="non_sliding_layers: layers kept at full attention (e.g. 'odd')")
+
+
 def build_config(args: argparse.Namespace) -> SWAAConfig:
     """SWAA config from CLI flags: a preset (if any) as the base, explicit flags on top."""
     base = preset_config(args.preset) if args.preset else None
@@ -357,11 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt", required=True, help="the user message")
     parser.add_argument("--system", help="optional system message")
     parser.add_argument("--model-path", help="a Llama/Qwen2/Qwen3/Qwen3-MoE directory (default: embedded SmolLM2-135M)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="a paper setting; the flags below override it")
-    parser.add_argument("--window", help="sliding_window_size: keys per query, itself included ('none' = full)")
-    parser.add_argument("--keep-first", help="keep_first: sink tokens always visible")
-    parser.add_argument("--fa-decode", help="force_fa_decode: on, off, or the layers (e.g. '0-3,8', 'odd')")
-    parser.add_argument("--full-layers", help="non_sliding_layers: layers kept at full attention (e.g. 'odd')")
+    add_config_args(parser)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer
 
-from swaa_sglang import PRESETS, SWAAConfig, preset_config
+from swaa_sglang import SWAAConfig
 from swaa_sglang.data import essay_texts
-from swaa_sglang.hf import attach, load_model
+from swaa_sglang.hf import add_config_args, attach, build_config, load_model
 from swaa_sglang.models import default_model_path
 
 QUESTION = "In one sentence, what is the text above about?"
@@ -37,11 +37,7 @@ def parse_args() -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--model-path", help="Llama/Qwen2/Qwen3/Qwen3-MoE checkpoint (default: the embedded SmolLM2-135M)")
-    p.add_argument("--preset", choices=list(PRESETS), help="a paper setting; the flags below override its fields")
-    p.add_argument("--window", help="sliding_window_size ('none' = full attention)")
-    p.add_argument("--keep-first", help="keep_first: sink tokens")
-    p.add_argument("--fa-decode", help="force_fa_decode: on, off or layers")
-    p.add_argument("--full-layers", help="non_sliding_layers, e.g. 'odd' or '0-3'")
+    add_config_args(p)  # --preset, --window, --keep-first, --fa-decode, --full-layers
     p.add_argument("--tokens", type=int, default=1024, help="length of the text in tokens (default 1024)")
     p.add_argument("--max-new-tokens", type=int, default=24, help="length of the greedy answer (default 24)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
@@ -54,8 +50,7 @@ def swaa_config(args: argparse.Namespace) -> SWAAConfig:
     if args.preset is None and all(f is None for f in flags):
         # Default: the 'sink10-2k' shape scaled down to the short default text.
         return SWAAConfig(sliding_window_size=256, keep_first=10, force_fa_decode=True)
-    base = preset_config(args.preset) if args.preset else None
-    return SWAAConfig.from_cli(*flags, base=base)
+    return build_config(args)
 
 
 def prompt_ids(tokenizer, text_ids: torch.Tensor) -> tuple[torch.Tensor, slice]:
