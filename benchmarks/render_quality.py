@@ -1,0 +1,222 @@
+"""Render a quality_niah.py results JSON: a markdown table and a PNG bar chart.
+
+    python benchmarks/render_quality.py benchmarks/results/quality.json            # writes quality.md, quality.png
+    python benchmarks/render_quality.py q.json --md out.md --png out.png
+
+Accuracy is shown with counts (k/n) per setting x needle position (inside / outside the
+sliding window), one table and one panel per (context length, window). The bars carry 95%
+Wilson intervals. The markdown repeats the provenance the JSON records: date, machine,
+command line, runner and each setting's SWAA config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+POSITION_LABELS = {"inside": "needle inside window", "outside": "needle outside window"}
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of k successes in n trials."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # Clamped so that the interval always holds p (rounding can put centre + half a hair below 1).
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
+
+
+def cells(result: dict[str, Any]) -> dict[tuple[int, int], dict[str, dict[str, tuple[int, int]]]]:
+    """{(context, window): {setting: {position: (correct, n)}}}, counted from the records."""
+    out: dict[tuple[int, int], dict[str, dict[str, list[int]]]] = {}
+    for r in result["records"]:
+        cell = out.setdefault((r["context_length"], r["window"]), {}).setdefault(r["setting"], {})
+        k_n = cell.setdefault(r["position"], [0, 0])
+        k_n[0] += bool(r["correct"])
+        k_n[1] += 1
+    return {
+        key: {s: {p: (kn[0], kn[1]) for p, kn in pos.items()} for s, pos in settings.items()}
+        for key, settings in out.items()
+    }
+
+
+def _setting_order(result: dict[str, Any], window: int, present: Sequence[str]) -> list[str]:
+    declared = [s["name"] for s in result.get("settings", {}).get(str(window), [])]
+    return [s for s in declared if s in present] + [s for s in present if s not in declared]
+
+
+def _descriptions(result: dict[str, Any], window: int) -> dict[str, str]:
+    return {s["name"]: s.get("description", "") for s in result.get("settings", {}).get(str(window), [])}
+
+
+def fmt_cell(k: int, n: int) -> str:
+    return f"{100 * k / n:.0f}% ({k}/{n})" if n else "-"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The accuracy tables, with provenance."""
+    machine = result.get("machine", {})
+    runner = result.get("runner", {})
+    task = result.get("task", {})
+    lines = [
+        "# Needle in a haystack: SWAA settings, needle inside vs outside the sliding window",
+        "",
+        f"- date: {result.get('date', '?')}",
+        (
+            f"- machine: {machine.get('cpu', '?')} ({machine.get('cpu_count', '?')} CPUs, "
+            f"{machine.get('torch_threads', '?')} torch threads), GPU: {machine.get('cuda') or 'none'}; "
+            f"torch {machine.get('torch', '?')}, transformers {machine.get('transformers', '?')}, "
+            f"Python {machine.get('python', '?')}"
+        ),
+        f"- runner: {', '.join(f'{k}={v}' for k, v in runner.items() if k != 'prefill_sharing')}",
+        f"- command: `{result.get('command', '?')}`",
+        f"- elapsed: {result.get('elapsed_seconds', '?')} s",
+        (
+            f"- task: {task.get('samples_per_cell', '?')} samples per cell, greedy, at most "
+            f"{task.get('max_new_tokens', '?')} new tokens, answer prefix {'on' if task.get('answer_prefix') else 'off'}, "
+            f"seed {task.get('seed', '?')}; outside depths {task.get('outside_depths', '?')}; "
+            f"scoring: {task.get('scoring', '?')}"
+        ),
+        f"- inside: {task.get('inside', '?')}; outside: {task.get('outside', '?')}",
+        "",
+    ]
+    verification = result.get("verification")
+    if verification:
+        worst = max(v["max_abs_logit_diff"] for v in verification["settings"].values())
+        same = sum(v["same_answer"] for v in verification["settings"].values())
+        lines += [
+            (
+                f"Blockwise attention vs the package's reference attention on one {verification['sample']['prompt_tokens']}"
+                f"-token sample (window {verification['window']}): same greedy answer in {same}/"
+                f"{len(verification['settings'])} settings, max |logit difference| {worst:.1e}."
+            ),
+            "",
+        ]
+    for (ctx, window), settings in sorted(cells(result).items()):
+        desc = _descriptions(result, window)
+        lines += [
+            f"## Context {ctx} tokens, window {window}",
+            "",
+            f"| setting | {POSITION_LABELS['inside']} | {POSITION_LABELS['outside']} | config |",
+            "|---|---|---|---|",
+        ]
+        for name in _setting_order(result, window, list(settings)):
+            pos = settings[name]
+            k_in, n_in = pos.get("inside", (0, 0))
+            k_out, n_out = pos.get("outside", (0, 0))
+            lines.append(f"| {name} | {fmt_cell(k_in, n_in)} | {fmt_cell(k_out, n_out)} | {desc.get(name, '')} |")
+        lines.append("")
+    lines += ["## Settings (SWAA configs)", ""]
+    for window, settings in result.get("settings", {}).items():
+        for s in settings:
+            lines.append(f"- W={window} `{s['name']}`: `{json.dumps(s['config'], sort_keys=True)}`")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: str | Path) -> Path:
+    """Grouped bars (inside / outside) per setting, one panel per (context, window)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = cells(result)
+    keys = sorted(data)
+    fig, axes = plt.subplots(len(keys), 1, figsize=(11, 4.6 * len(keys)), squeeze=False)
+    colors = {"inside": "#4C72B0", "outside": "#DD8452"}
+    for ax, key in zip(axes[:, 0], keys):
+        ctx, window = key
+        names = _setting_order(result, window, list(data[key]))
+        width = 0.38
+        for j, position in enumerate(("inside", "outside")):
+            xs, ys, lo, hi, labels = [], [], [], [], []
+            for i, name in enumerate(names):
+                if position not in data[key][name]:
+                    continue
+                k, n = data[key][name][position]
+                a, b = wilson(k, n)
+                xs.append(i + (j - 0.5) * width)
+                ys.append(k / n)
+                lo.append(k / n - a)
+                hi.append(b - k / n)
+                labels.append(f"{k}/{n}")
+            bars = ax.bar(
+                xs,
+                ys,
+                width,
+                yerr=[lo, hi],
+                capsize=3,
+                color=colors[position],
+                label=POSITION_LABELS[position],
+                error_kw={"elinewidth": 1, "ecolor": "#333333"},
+            )
+            for bar, label in zip(bars, labels):
+                ax.text(
+                    bar.get_x() + bar.get_width() / 2,
+                    0.02,
+                    label,
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                    color="white" if bar.get_height() > 0.08 else "black",
+                )
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=0, fontsize=9)
+        ax.set_ylim(0, 1.2)
+        ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+        ax.set_ylabel("accuracy (95% Wilson CI)")
+        ax.set_title(f"context {ctx} tokens, window {window}", fontsize=11)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(loc="upper center", ncol=2, fontsize=9, framealpha=0.9)
+    machine = result.get("machine", {})
+    runner = result.get("runner", {})
+    model = Path(str(runner.get("model_path") or runner.get("model") or "model")).name
+    fig.suptitle(
+        f"Needle in a haystack, {model} ({runner.get('runner', '?')} runner, {runner.get('dtype', '')}"
+        f" {runner.get('device', '')}), {result.get('date', '')[:10]}\n"
+        f"{machine.get('cpu', '')}, torch {machine.get('torch', '')}, transformers {machine.get('transformers', '')}; "
+        "sink = keep_first, fa = FA decode, odd = odd layers full",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def render_files(json_path: str | Path, md_path: str | Path | None = None, png_path: str | Path | None = None):
+    """Write the markdown and PNG (default: next to the JSON, same stem); return their paths."""
+    json_path = Path(json_path)
+    result = json.loads(json_path.read_text(encoding="utf-8"))
+    md_path = Path(md_path) if md_path else json_path.with_suffix(".md")
+    png_path = Path(png_path) if png_path else json_path.with_suffix(".png")
+    text = markdown(result)
+    text = text.replace("\n## Settings", f"\n![accuracy chart]({png_path.name})\n\n## Settings", 1)
+    md_path.write_text(text, encoding="utf-8")
+    plot(result, png_path)
+    return [md_path, png_path]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python benchmarks/render_quality.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("json", help="a quality_niah.py results JSON")
+    p.add_argument("--md", help="markdown output (default: next to the JSON)")
+    p.add_argument("--png", help="PNG output (default: next to the JSON)")
+    args = p.parse_args(argv)
+    for path in render_files(args.json, args.md, args.png):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,433 @@
+"""benchmarks/quality_niah.py and render_quality.py: generator, scoring, runners, renderer (CPU, fast).
+
+Placement is checked against the visibility rule itself (swaa_sglang.reference.visibility_mask):
+an "inside" needle is seen through the window by every query that emits an answer token, an
+"outside" one by none. The server runner talks to a fake OpenAI server on 127.0.0.1. The
+blockwise attention and the shared-prefill decoding are checked against the package's
+reference attention and ``generate`` on a tiny random Llama.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import quality_niah as q
+import render_quality as rq
+
+from swaa_sglang import SWAAConfig, visibility_mask
+
+WORDS = tuple(
+    re.findall(
+        r"[a-z]+",
+        "river stone garden lamp winter harbor paper engine market violin forest signal copper window "
+        "letter bridge meadow silver thunder candle orchard compass canyon",
+    )
+)
+
+
+def synthetic_texts(n_paragraphs: int = 400, seed: int = 7) -> list[str]:
+    """A digit-free haystack: sentences of common words, hard-wrapped like the essays."""
+    rng = random.Random(seed)
+    paras = []
+    for _ in range(n_paragraphs):
+        sentences = [
+            " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14))).capitalize() + "."
+            for _ in range(rng.randint(2, 5))
+        ]
+        text = " ".join(sentences)
+        paras.append("\n".join(text[i : i + 60] for i in range(0, len(text), 60)))
+    return ["\n\n".join(paras[:200]), "\n\n".join(paras[200:])]
+
+
+@pytest.fixture(scope="module")
+def tok(smollm2_tokenizer):
+    return smollm2_tokenizer
+
+
+@pytest.fixture(scope="module")
+def corpus(tok):
+    return q.Corpus(tok, synthetic_texts())
+
+
+# -- generator ------------------------------------------------------------------------------------
+def test_corpus_unwraps_lines(corpus):
+    assert "\n\n" in corpus.text
+    assert re.search(r"[^\n]\n[^\n]", corpus.text) is None  # hard wraps joined, paragraphs kept
+
+
+def test_generator_is_deterministic_and_paired(tok, corpus):
+    a = q.make_samples(tok, corpus, 1024, 256, 3, seed=1)
+    b = q.make_samples(tok, corpus, 1024, 256, 3, seed=1)
+    assert a == b
+    c = q.make_samples(tok, corpus, 1024, 256, 3, seed=2)
+    assert [s.input_ids for s in a] != [s.input_ids for s in c]
+    assert [s.position for s in a] == ["inside", "outside"] * 3
+    for inside, outside in zip(a[::2], a[1::2]):  # paired: same needle, different place
+        assert (inside.city, inside.value, inside.index) == (outside.city, outside.value, outside.index)
+        assert inside.needle_span[0] > outside.needle_span[0]
+    assert len({s.value for s in a}) == 3
+    assert all(re.fullmatch(r"\d{7}", s.value) for s in a)
+
+
+@pytest.mark.parametrize("context,window", [(1024, 256), (2048, 512), (4096, 1024)])
+def test_needle_placement_against_the_visibility_rule(tok, corpus, context, window):
+    max_new = 16
+    cfg = SWAAConfig(sliding_window_size=window)
+    for smp in q.make_samples(tok, corpus, context, window, 5, seed=3, max_new_tokens=max_new):
+        ids, (start, end) = list(smp.input_ids), smp.needle_span
+        n = len(ids)
+        assert context - 24 <= n <= context
+        assert ids == tok(smp.prompt, add_special_tokens=False).input_ids
+        assert tok.decode(ids[start:end]).strip() == smp.needle
+        assert smp.prompt.count(smp.value) == 1
+        # The question (and the answer prefix) come after the needle.
+        question_at = smp.prompt.rindex("What is the special magic number")
+        assert len(tok(smp.prompt[:question_at], add_special_tokens=False).input_ids) >= end
+        assert smp.prompt.endswith(smp.answer_prefix) and smp.answer_prefix
+        # Queries that emit answer tokens: the last prompt token and the next max_new - 1 positions.
+        queries = torch.arange(n - 1, n - 1 + max_new)
+        seen = visibility_mask(cfg, 0, queries, torch.arange(start, end))
+        if smp.position == "inside":
+            assert bool(seen.all()), (smp.sample_id, smp.needle_span, n)
+        else:
+            assert not bool(seen.any()), (smp.sample_id, smp.needle_span, n)
+            target = smp.target_depth * context
+            assert abs(start - target) < 0.06 * context, (start, target)
+            assert 0.09 <= smp.depth <= 0.72
+
+
+def test_outside_depths_cycle(tok, corpus):
+    depths = (0.2, 0.6)
+    outs = q.make_samples(tok, corpus, 2048, 256, 4, positions=("outside",), outside_depths=depths)
+    assert [s.target_depth for s in outs] == [0.2, 0.6, 0.2, 0.6]
+    assert outs[0].depth < 0.3 and outs[1].depth > 0.5
+
+
+def test_window_too_large_for_outside_is_refused(tok, corpus):
+    with pytest.raises(ValueError):
+        q.make_sample(tok, corpus, 1024, 1000, "outside", 0, outside_depths=(0.7,))
+
+
+def test_no_answer_prefix(tok, corpus):
+    smp = q.make_sample(tok, corpus, 1024, 256, "inside", 0, use_answer_prefix=False)
+    assert smp.answer_prefix == ""
+    assert smp.prompt.endswith("<|im_start|>assistant\n")
+    assert smp.messages[-1]["content"].endswith(q.QUESTION.format(city=smp.city))
+
+
+# -- scoring --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "answer,ok",
+    [
+        (" 4519543.", True),
+        ("The special magic number for Oslo is 4519543", True),
+        ("4519543", True),
+        (" 45195.", False),
+        (" 45195430.", False),
+        ("14519543", False),
+        (" 4519544.", False),
+        ("", False),
+        ("4 519 543", False),
+    ],
+)
+def test_score(answer, ok):
+    assert q.score(answer, "4519543") is ok
+
+
+def test_settings_and_prefill_groups():
+    settings = {s.name: s for s in q.build_settings(512, 64)}
+    assert list(settings) == list(q.SETTING_NAMES)
+    assert settings["full"].config == SWAAConfig()
+    assert settings["sw+sink+fa+odd"].config == SWAAConfig(
+        sliding_window_size=512, keep_first=64, force_fa_decode=True, non_sliding_layers="odd"
+    )
+    key = {n: q.prefill_key(s.config, 30) for n, s in settings.items()}
+    assert key["sw"] == key["sw+fa"] and key["sw+sink"] == key["sw+sink+fa"]
+    assert key["sw+sink+odd"] == key["sw+sink+fa+odd"]
+    assert len(set(key.values())) == 4
+    with pytest.raises(ValueError, match="unknown setting"):
+        q.build_settings(512, names=["nope"])
+
+
+# -- server runner against a fake OpenAI server ------------------------------------------------------
+class FakeOpenAI:
+    """Answers with the needle's number for even sample indices and a wrong number for odd ones."""
+
+    def __init__(self, tokenizer):
+        self.requests: list[tuple[str, dict]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, obj):
+                data = json.dumps(obj).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                outer.requests.append((self.path, {}))
+                self._send({"object": "list", "data": [{"id": "fake-smollm2", "object": "model"}]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append((self.path, body))
+                if self.path == "/v1/completions":
+                    prompt = body["prompt"]
+                    text = tokenizer.decode(prompt) if isinstance(prompt, list) else prompt
+                else:
+                    text = body["messages"][-1]["content"]
+                value = re.search(r"magic number for [A-Za-z ]+ is (\d{7})\.", text).group(1)
+                city = re.search(r"magic number for ([A-Za-z ]+) mentioned", text).group(1)
+                index = [c for c in q.CITIES].index(city)  # any deterministic split of the samples
+                answer = f" {value}." if index % 2 == 0 else f" {int(value) - 1}."
+                if self.path == "/v1/completions":
+                    choice = {"index": 0, "text": answer, "finish_reason": "stop"}
+                else:
+                    choice = {"index": 0, "message": {"role": "assistant", "content": answer}}
+                self._send({"choices": [choice], "usage": {"completion_tokens": 9}})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("endpoint,prompt_format", [("completions", "ids"), ("completions", "text"), ("chat", "ids")])
+def test_server_runner_with_fake_server(tok, corpus, endpoint, prompt_format):
+    setting = q.Setting("balanced", "server config", SWAAConfig.from_dict({"preset": "balanced"}))
+    with FakeOpenAI(tok) as fake:
+        runner = q.ServerRunner(fake.url, setting, max_new_tokens=12, endpoint=endpoint, prompt_format=prompt_format)
+        records = q.run_benchmark(
+            runner,
+            tok,
+            corpus,
+            [1024],
+            [256],
+            lambda w: [setting],
+            samples=3,
+            seed=5,
+            max_new_tokens=12,
+            progress=False,
+        )
+    assert fake.requests[0] == ("/v1/models", {})
+    posts = fake.requests[1:]
+    assert len(posts) == len(records) == 6
+    samples = q.make_samples(tok, corpus, 1024, 256, 3, seed=5, max_new_tokens=12)
+    for (path, body), smp, rec in zip(posts, samples, records):
+        assert body["model"] == "fake-smollm2"
+        assert body["max_tokens"] == 12 and body["temperature"] == 0
+        if endpoint == "chat":
+            assert path == "/v1/chat/completions"
+            assert body["messages"] == [dict(m) for m in smp.messages]
+            assert "prompt" not in body
+        else:
+            assert path == "/v1/completions"
+            assert body["prompt"] == (list(smp.input_ids) if prompt_format == "ids" else smp.prompt)
+        expect = q.CITIES.index(smp.city) % 2 == 0
+        assert rec["correct"] is expect and rec["sample_id"] == smp.sample_id
+        assert rec["setting"] == "balanced" and rec["answer_tokens"] == 9
+    assert 0 < sum(r["correct"] for r in records) < len(records)  # both outcomes occur
+
+
+def test_cli_server_run_writes_json_table_and_chart(tok, tmp_path):
+    out = tmp_path / "q.json"
+    swaa = '{"sliding_window_size": 256, "keep_first": 16, "force_fa_decode": true}'
+    with FakeOpenAI(tok) as fake:
+        argv = ["--runner", "server", "--server-url", fake.url, "--server-setting", "sw+sink+fa", "--server-swaa", swaa,
+                "--context-lengths", "1024", "--windows", "256", "--samples", "2", "--no-progress", "--out", str(out),
+                "--render"]  # fmt: skip
+        assert q.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["machine"]["torch"] == torch.__version__ and result["machine"]["transformers"]
+    assert result["date"].startswith("20") and "--server-setting sw+sink+fa" in result["command"]
+    [setting] = result["settings"]["256"]
+    assert setting["name"] == "sw+sink+fa" and setting["config"] == json.loads(swaa) | {"non_sliding_layers": []}
+    assert result["runner"]["endpoint"] == "completions" and result["task"]["samples_per_cell"] == 2
+    assert len(result["records"]) == 4 and not (tmp_path / "q.json.partial.jsonl").exists()
+    for rec in result["records"]:
+        assert rec["correct"] is (q.CITIES.index(rec["city"]) % 2 == 0)
+    summary = {r["position"]: (r["correct"], r["n"]) for r in result["summary"]}
+    assert sorted(summary) == ["inside", "outside"] and all(n == 2 for _, n in summary.values())
+    md = (tmp_path / "q.md").read_text()
+    assert f"| sw+sink+fa | {rq.fmt_cell(*summary['inside'])} | {rq.fmt_cell(*summary['outside'])} |" in md
+    assert (tmp_path / "q.png").stat().st_size > 10_000
+
+
+def test_server_runner_refuses_non_loopback():
+    setting = q.Setting("s", "", SWAAConfig())
+    for url in ("http://10.1.2.3:30000", "http://example.com", "ftp://127.0.0.1:1"):
+        with pytest.raises(ValueError, match="loopback"):
+            q.ServerRunner(url, setting)
+    q.ServerRunner("http://localhost:30000", setting)
+
+
+# -- HF runner: blockwise attention and shared prefills on a tiny random Llama ----------------------------
+@pytest.fixture(scope="module")
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from swaa_sglang import hf
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        eos_token_id=2,
+        bos_token_id=1,
+    )
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # sharper logits than the default init: fewer near-ties in greedy decoding
+        model.lm_head.weight.mul_(8)
+    hf.register()
+    return model
+
+
+TINY_SETTINGS = [
+    q.Setting("full", "", SWAAConfig()),
+    q.Setting("sw", "", SWAAConfig(sliding_window_size=40)),
+    q.Setting("sw+fa", "", SWAAConfig(sliding_window_size=40, force_fa_decode=True)),
+    q.Setting("sw+sink", "", SWAAConfig(sliding_window_size=40, keep_first=5)),
+    q.Setting("sw+sink+fa", "", SWAAConfig(sliding_window_size=40, keep_first=5, force_fa_decode=True)),
+    q.Setting("sw+sink+fa+odd", "", SWAAConfig(40, 5, True, "odd")),
+    q.Setting("sw+sink+fa01", "", SWAAConfig(40, 5, [0, 1], [3])),
+]
+
+
+def test_blockwise_attention_equals_reference(tiny_llama, monkeypatch):
+    monkeypatch.setattr(q, "BLOCK", 32)  # several query blocks
+    ids = torch.randint(3, 300, (1, 150), generator=torch.Generator().manual_seed(1))
+    for s in TINY_SETTINGS:
+        logits = {}
+        for attention in ("reference", "blockwise"):
+            q.use_config(tiny_llama, s.config, attention)
+            with torch.no_grad():
+                # 120 prompt tokens then 30 rows marked as decode rows: prefill and FA decode both exercised.
+                logits[attention] = tiny_llama(ids, swaa_prompt_len=120).logits[0]
+        torch.testing.assert_close(logits["blockwise"], logits["reference"], atol=2e-5, rtol=1e-5, msg=s.name)
+    # The masks differ between settings (the test would catch an implementation that ignores them).
+    q.use_config(tiny_llama, SWAAConfig(), "blockwise")
+    with torch.no_grad():
+        full = tiny_llama(ids).logits[0, -1]
+    assert not torch.allclose(full, logits["blockwise"][-1], atol=1e-3)
+
+
+class _StubTokenizer:
+    eos_token_id = 2
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(map(str, ids))
+
+
+def test_hf_runner_shared_prefill_matches_generate(tiny_llama, monkeypatch):
+    monkeypatch.setattr(q, "BLOCK", 32)
+    prompt = torch.randint(3, 300, (100,), generator=torch.Generator().manual_seed(2)).tolist()
+    runner = q.HFRunner(tiny_llama, _StubTokenizer(), max_new_tokens=12, attention="blockwise")
+    smp = type("S", (), {"input_ids": tuple(prompt)})()
+    got = runner.answer(smp, TINY_SETTINGS)
+    assert list(got) == [s.name for s in TINY_SETTINGS]
+    for s in TINY_SETTINGS:
+        q.use_config(tiny_llama, s.config, "reference")
+        with torch.no_grad():
+            out = tiny_llama.generate(
+                torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=2, pad_token_id=0
+            )
+        expect = [t for t in out[0, len(prompt) :].tolist()]
+        text = " ".join(str(t) for t in expect if t != 2)
+        assert got[s.name].text == text, s.name
+        assert got[s.name].tokens == len(expect)
+    # FA decode changes the answer somewhere, else the decode-sharing path is not exercised.
+    assert got["sw"].text != got["sw+fa"].text or got["sw+sink"].text != got["sw+sink+fa"].text
+
+
+# -- renderer ---------------------------------------------------------------------------------------
+def _small_result() -> dict:
+    records = []
+    outcome = {
+        ("full", "inside"): [1, 1],
+        ("full", "outside"): [1, 0],
+        ("sw", "inside"): [1, 0],
+        ("sw", "outside"): [0, 0],
+    }
+    for (setting, position), results in outcome.items():
+        for i, ok in enumerate(results):
+            records.append(
+                {
+                    "context_length": 4096,
+                    "window": 512,
+                    "setting": setting,
+                    "position": position,
+                    "index": i,
+                    "correct": bool(ok),
+                }
+            )
+    return {
+        "date": "2026-11-28 00:00:00 UTC",
+        "command": "python benchmarks/quality_niah.py --samples 2",
+        "machine": {"cpu": "Test CPU", "cpu_count": 2, "torch": "2.11.0", "transformers": "5.12.1"},
+        "runner": {"runner": "hf", "device": "cpu", "dtype": "float32"},
+        "task": {"samples_per_cell": 2, "max_new_tokens": 16},
+        "settings": {
+            "512": [
+                {"name": "full", "description": "full attention", "config": SWAAConfig().to_dict()},
+                {"name": "sw", "description": "window 512", "config": SWAAConfig(512).to_dict()},
+            ]
+        },
+        "records": records,
+    }
+
+
+def test_renderer_table_and_png(tmp_path):
+    result = _small_result()
+    md = rq.markdown(result)
+    assert "| full | 100% (2/2) | 50% (1/2) | full attention |" in md
+    assert "| sw | 50% (1/2) | 0% (0/2) | window 512 |" in md
+    assert md.index("| full |") < md.index("| sw |")
+    assert "Test CPU" in md and "torch 2.11.0" in md and "--samples 2" in md and "2026-11-28" in md
+    assert '"sliding_window_size": 512' in md
+    import matplotlib  # noqa: F401  (in the test extra, so the chart is tested in CI)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(result))
+    md_path, png_path = rq.render_files(path)
+    assert md_path.read_text().count("| sw |") == 1
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png_path.stat().st_size > 10_000
+
+
+def test_wilson_interval():
+    lo, hi = rq.wilson(0, 10)
+    assert lo == 0 and 0.2 < hi < 0.35
+    lo, hi = rq.wilson(5, 10)
+    assert lo < 0.5 < hi
+    assert rq.wilson(10, 10)[1] == 1.0
+    for n in range(1, 41):  # error bars must never be negative
+        for k in range(n + 1):
+            lo, hi = rq.wilson(k, n)
+            assert 0 <= lo <= k / n <= hi <= 1, (k, n, lo, hi)
