@@ -93,8 +93,8 @@ class SWAAFlashInferBackend(FlashInferAttnBackend):
             # Prompt semantics for every row: right on layers without FA decode, where a
             # generated row sees sinks + window exactly like a prompt row.
             self.prefill.plan(prefix, extend, r2t, rpi)
-            n_generated = mixed_decode_rows(forward_batch)
-            self.prefill_fa_planned = bool(n_generated and self.prefill_fa is not None)
+            n_generated = mixed_decode_rows(forward_batch) if self.prefill_fa is not None else 0
+            self.prefill_fa_planned = n_generated > 0
             if self.prefill_fa_planned:
                 full_rows = torch.zeros(len(extend), dtype=torch.bool)
                 full_rows[len(extend) - n_generated :] = True
