@@ -163,7 +163,12 @@ def decode_ranges(seq_lens: torch.Tensor, window: int, keep_first: int) -> tuple
 
 
 def plan_decode(seq_lens: torch.Tensor, window: int, keep_first: int) -> Segments:
-    """Decode on a sliding layer without FA decode: keys ``sinks ++ last W``, one query each."""
+    """Decode on a sliding layer without FA decode: keys ``sinks ++ last W``, one query each.
+
+    The checkable form of the decode plan: the backend builds the same index list on the GPU
+    from :func:`decode_ranges` with two range copies (``flashinfer_ops.copy_ranges``), and the
+    CPU suite checks both against the rule through this function.
+    """
     bs = seq_lens.numel()
     n_sink, win_start, win_len = decode_ranges(seq_lens, window, keep_first)
     # Two ranges per request, interleaved so each request's keys stay contiguous.
