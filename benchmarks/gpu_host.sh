@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run on the GPU host after the offline stack is in /tmp/site (../shared/gpu/README.md):
-#   bash benchmarks/gpu_host.sh [ops] [tests] [models] [bench] [e2e]    (default: ops tests models bench)
+#   bash benchmarks/gpu_host.sh [install] [ops] [tests] [models] [examples] [eviction] [bench] [e2e]
+#   (default: ops tests models bench)
 # Installs this checkout into /tmp/site the way SGLang finds plugins (entry point
 # metadata), then runs the gpu-marked tests and the op benchmark; logs go to $OUT.
 set -uo pipefail
@@ -10,16 +11,24 @@ export SWAA_RESULTS_DIR=${OUT:-/tmp/out}
 export SWAA_SMOLLM2_SOURCE=${SWAA_SMOLLM2_SOURCE:-/tmp/site/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 [ -d .gpudata/essays ] && export SWAA_ESSAYS_DIR=$PWD/.gpudata/essays
 mkdir -p "$SWAA_RESULTS_DIR"
-python3 -m pip install -q --no-deps --no-build-isolation --no-index --upgrade --target /tmp/site . 2>&1 | grep -v -i warn
+# .whl/: wheels the bundle lacks (soundfile + cffi + pycparser: SGLang's HTTP server imports soundfile)
+[ -z "${SWAA_SKIP_INSTALL:-}" ] && [ -d .whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl 2>&1 | grep -v -i warn
+# SWAA_SKIP_INSTALL=1: already installed (parallel runs on several GPUs must not install at once)
+[ -z "${SWAA_SKIP_INSTALL:-}" ] && python3 -m pip install -q --no-deps --no-build-isolation --no-index --upgrade --target /tmp/site . 2>&1 | grep -v -i warn
 steps=${*:-ops tests models bench}
+# PYTEST_ARGS: extra pytest arguments, e.g. PYTEST_ARGS="-k page" ; tags the log names when set
+tag=${LOG_TAG:-}
 rc=0
 for step in $steps; do
   case $step in
-    ops)   python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_ops.py 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_ops.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
-    tests) python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_engine.py 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_engine.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
-    models) python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_models.py 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_models.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
-    e2e)   python3 benchmarks/bench_e2e.py ${E2E_ARGS:-} --out "$SWAA_RESULTS_DIR/e2e.json" 2>&1 | tee "$SWAA_RESULTS_DIR/e2e.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
-    bench) python3 benchmarks/bench_attention_ops.py ${BENCH_ARGS:-} --out "$SWAA_RESULTS_DIR/ops.json" 2>&1 | tee "$SWAA_RESULTS_DIR/bench_ops.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
+    ops)   python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_ops.py ${PYTEST_ARGS:-} 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_ops$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
+    tests) python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_engine.py ${PYTEST_ARGS:-} 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_engine$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
+    models) python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_models.py ${PYTEST_ARGS:-} 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_models$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
+    e2e)   python3 benchmarks/bench_e2e.py ${E2E_ARGS:-} --out "$SWAA_RESULTS_DIR/e2e$tag.json" 2>&1 | tee "$SWAA_RESULTS_DIR/e2e$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
+    examples) python3 -m pytest -p no:cacheprovider -q -s -m gpu tests/test_examples.py ${PYTEST_ARGS:-} 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_examples$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
+    eviction) python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_eviction.py ${PYTEST_ARGS:-} 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_eviction$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
+    install) ;;
+    bench) python3 benchmarks/bench_attention_ops.py ${BENCH_ARGS:-} --out "$SWAA_RESULTS_DIR/ops$tag.json" 2>&1 | tee "$SWAA_RESULTS_DIR/bench_ops$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
   esac
 done
 exit $rc

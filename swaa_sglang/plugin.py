@@ -48,6 +48,9 @@ def _check_model(result, server_args, *args, **kwargs):
     return None
 
 
+MARK_ATTR = "swaa_mixed_decode_rows"  # set on ForwardBatch, read by the backend
+
+
 def _mark_mixed_decode_rows(result, *args, **kwargs):
     """AFTER hook on ``ForwardBatch.init_new``: how many requests at the end of a mixed batch are decoding.
 
@@ -58,7 +61,20 @@ def _mark_mixed_decode_rows(result, *args, **kwargs):
     """
     batch = kwargs.get("batch", args[1] if len(args) > 1 else None)
     mixed = result.forward_mode.is_mixed()
-    result.swaa_mixed_decode_rows = len(getattr(batch, "decoding_reqs", None) or []) if mixed else 0
+    setattr(result, MARK_ATTR, len(getattr(batch, "decoding_reqs", None) or []) if mixed else 0)
+    return result
+
+
+def _carry_mixed_marking(result, *args, **kwargs):
+    """AFTER hook on ``EagerRunner.load_batch``: keep the marking on the batch the model runs.
+
+    SGLang 0.5.17's eager runner copies the ForwardBatch into static buffers and hands on a
+    new object built from the dataclass fields only, which drops the attribute set by
+    :func:`_mark_mixed_decode_rows`.
+    """
+    source = kwargs.get("forward_batch", args[1] if len(args) > 1 else None)
+    if result is not None and source is not None and hasattr(source, MARK_ATTR):
+        setattr(result, MARK_ATTR, getattr(source, MARK_ATTR))
     return result
 
 
@@ -82,6 +98,9 @@ def register() -> None:
     HookRegistry.register(post_init, _check_model, HookType.AFTER)
     HookRegistry.register(
         "sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new", _mark_mixed_decode_rows, HookType.AFTER
+    )
+    HookRegistry.register(
+        "sglang.srt.model_executor.runner.eager_runner.EagerRunner.load_batch", _carry_mixed_marking, HookType.AFTER
     )
     _registered = True
     logger.info("swaa: attention backend registered")

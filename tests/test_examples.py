@@ -405,6 +405,7 @@ def test_clients_against_real_server(gpu_model_dir, tmp_path):
 
         if shutil.which("curl"):
             out = run_example("curl.sh", url, timeout=300)
+            print(out)
             assert "data: [DONE]" in out and '"text_completion"' in out, out
     finally:
         _kill_group(server)

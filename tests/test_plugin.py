@@ -47,6 +47,35 @@ def test_entry_point_registers_backend_in_a_fresh_process():
     assert "registered" in r.stdout
 
 
+def test_mixed_batch_marking_survives_the_eager_runner_copy():
+    """The eager runner hands the model a copy of the ForwardBatch built from its dataclass fields;
+    the marking of generated rows in mixed batches must reach the copy (GPU run 2026-11-28 caught
+    its loss: 'mixed prefill/decode batch arrived without its generated rows marked')."""
+    code = (
+        "import dataclasses, os\n"
+        "os.environ['SGLANG_EAGER_INPUT_NO_COPY'] = '1'  # the copy is dataclasses.replace: runs on CPU\n"
+        "from sglang.srt.plugins import load_plugins\n"
+        "load_plugins()\n"
+        "from sglang.srt.model_executor.forward_batch_info import ForwardBatch, ForwardMode\n"
+        "from sglang.srt.model_executor.runner.eager_runner import EagerRunner\n"
+        "required = {f.name: None for f in dataclasses.fields(ForwardBatch)\n"
+        "            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}\n"
+        "fb = ForwardBatch(**required)\n"
+        "fb.forward_mode = ForwardMode.MIXED\n"
+        "fb.swaa_mixed_decode_rows = 3\n"
+        "out = EagerRunner.load_batch(EagerRunner.__new__(EagerRunner), fb)\n"
+        "assert out is not fb\n"
+        "print('rows on the copy:', getattr(out, 'swaa_mixed_decode_rows', None))\n"
+    )
+    r = _run(code)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().endswith("rows on the copy: 3"), r.stdout
+    # control: without the plugin the copy loses the attribute (so the check above can fail)
+    r = _run(code, env_extra={"SGLANG_PLUGINS": "someone_else"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().endswith("rows on the copy: None"), r.stdout
+
+
 def test_sglang_plugins_whitelist_can_exclude_us():
     code = (
         "from sglang.srt.plugins import load_plugins\n"
