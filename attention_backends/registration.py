@@ -22,6 +22,33 @@ class ModelFacts:
     use_mla: bool = False
     native_sliding_window: Optional[int] = None  # the model already has SWA layers (Gemma, ...)
     is_encoder_decoder: bool = False
+    architecture: str = "this model"
+
+
+def facts_from_model_config(mc: Any, native_sliding_window: Optional[int] = None) -> ModelFacts:
+    """ModelFacts from SGLang's ``ModelConfig`` (known in the launcher, before any weights load).
+
+    A native sliding window is only known once the model class exists (worker side).
+    """
+    from sglang.srt.configs.model_config import AttentionArch
+
+    archs = getattr(getattr(mc, "hf_config", None), "architectures", None) or []
+    return ModelFacts(
+        num_layers=mc.num_hidden_layers,
+        context_len=mc.context_len,
+        use_mla=mc.attention_arch == AttentionArch.MLA,
+        native_sliding_window=native_sliding_window,
+        is_encoder_decoder=bool(getattr(mc, "is_encoder_decoder", False)),
+        architecture=archs[0] if archs else "this model",
+    )
+
+
+PHASES = ("prefill_attention_backend", "decode_attention_backend")
+
+
+def uses_swaa(server_args: Any) -> bool:
+    """Whether any phase of this server runs the swaa backend."""
+    return BACKEND_NAME in (_get(server_args, "attention_backend"), *(_get(server_args, p) for p in PHASES))
 
 
 def _get(server_args: Any, name: str, default=None):
@@ -33,13 +60,23 @@ def check_server_args(server_args: Any) -> SWAAConfig:
     config = config_from_override_args(_get(server_args, "json_model_override_args"))
     if config is None:
         raise ValueError(MISSING_CONFIG_HELP)
-    for phase in ("prefill_attention_backend", "decode_attention_backend"):
-        other = _get(server_args, phase)
-        if other not in (None, BACKEND_NAME):
-            raise ValueError(
-                f"{phase}: '{other}' would run one phase without SWAA; with --attention-backend swaa "
-                f"leave it unset or set it to 'swaa'"
-            )
+    if _get(server_args, "attention_backend") == BACKEND_NAME:
+        for phase in PHASES:
+            other = _get(server_args, phase)
+            if other not in (None, BACKEND_NAME):
+                raise ValueError(
+                    f"{phase}: '{other}' would run one phase without SWAA; with --attention-backend swaa "
+                    f"leave it unset or set it to 'swaa'"
+                )
+    else:  # only --prefill/--decode-attention-backend name swaa: both phases must
+        for phase in PHASES:
+            other = _get(server_args, phase)
+            if other != BACKEND_NAME:
+                shown = "unset (the default backend)" if other is None else f"'{other}'"
+                raise ValueError(
+                    f"{phase}: {shown} would run one phase without SWAA; allowed: 'swaa' for both phases, "
+                    "or --attention-backend swaa alone"
+                )
     if _get(server_args, "speculative_algorithm"):
         raise ValueError(
             f"speculative_algorithm: '{server_args.speculative_algorithm}' is not supported with SWAA "
@@ -53,15 +90,16 @@ def check_server_args(server_args: Any) -> SWAAConfig:
 def check_model(config: SWAAConfig, model: ModelFacts) -> SWAAConfig:
     """Refuse models SWAA cannot serve; validate layer ids against the model."""
     if model.use_mla:
-        raise ValueError("model: MLA attention (DeepSeek-style latent KV) is not supported by SWAA; "
-                         "allowed: models with standard multi-head or grouped-query attention")
+        raise ValueError(f"model: {model.architecture} uses MLA attention (DeepSeek-style latent KV), which SWAA "
+                         "does not support; allowed: models with standard multi-head or grouped-query attention")
     if model.native_sliding_window is not None:
         raise ValueError(
-            f"model: this model already has native sliding-window layers (window {model.native_sliding_window}); "
-            "SWAA adapts full-attention models only"
+            f"model: {model.architecture} already has native sliding-window layers (window "
+            f"{model.native_sliding_window}); SWAA adapts full-attention models only"
         )
     if model.is_encoder_decoder:
-        raise ValueError("model: encoder-decoder models are not supported by SWAA; allowed: decoder-only models")
+        raise ValueError(f"model: {model.architecture} is an encoder-decoder model, which SWAA does not support; "
+                         "allowed: decoder-only models")
     return config.validate(model.num_layers, context_length=model.context_len)
 
 
@@ -70,13 +108,5 @@ def create_swaa_backend(runner: Any):
     from .swaa_flashinfer import SWAAFlashInferBackend
 
     config = check_server_args(runner.server_args)
-    mc = runner.model_config
-    facts = ModelFacts(
-        num_layers=mc.num_hidden_layers,
-        context_len=mc.context_len,
-        use_mla=bool(runner.use_mla_backend),
-        native_sliding_window=runner.sliding_window_size,
-        is_encoder_decoder=bool(mc.is_encoder_decoder),
-    )
-    check_model(config, facts)
+    check_model(config, facts_from_model_config(runner.model_config, runner.sliding_window_size))
     return SWAAFlashInferBackend(runner, config)

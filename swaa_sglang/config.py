@@ -39,7 +39,7 @@ def _layer_ids(name: str, values: Iterable[Any]) -> tuple[int, ...]:
         if v < 0:
             raise ValueError(f"{name}: layer ids must be >= 0; got {v}. Allowed: {LAYER_SPEC_HELP}")
         if v in ids:
-            raise ValueError(f"{name}: layer {v} is listed twice")
+            raise ValueError(f"{name}: layer {v} is listed twice; allowed: each layer id once")
         ids.append(v)
     return tuple(sorted(ids))
 
@@ -59,7 +59,7 @@ def parse_layer_spec(name: str, spec: Any) -> LayerSpec:
     if m:
         step, offset = int(m.group(1)), int(m.group(2) or 0)
         if step < 1:
-            raise ValueError(f"{name}: 'every:N' needs N >= 1; got {spec!r}")
+            raise ValueError(f"{name}: 'every:N' needs N >= 1; got {spec!r}. Allowed: {LAYER_SPEC_HELP}")
         return f"every:{step}:{offset}"
     ids: list[int] = []
     for part in text.strip("[]").split(","):
@@ -67,7 +67,7 @@ def parse_layer_spec(name: str, spec: Any) -> LayerSpec:
         if r:
             lo, hi = int(r.group(1)), int(r.group(2))
             if hi < lo:
-                raise ValueError(f"{name}: range {part!r} runs backwards")
+                raise ValueError(f"{name}: range {part!r} runs backwards; allowed: LO-HI with LO <= HI")
             ids.extend(range(lo, hi + 1))
         elif part.isdigit():
             ids.append(int(part))
@@ -159,13 +159,18 @@ class SWAAConfig:
                         f"{name}: layer ids {bad} are out of range; this model has {num_layers} layers "
                         f"(allowed ids 0..{num_layers - 1})"
                     )
+            elif isinstance(spec, str) and spec.startswith("every:") and int(spec.split(":")[2]) >= num_layers:
+                raise ValueError(
+                    f"{name}: pattern '{spec}' starts at layer {spec.split(':')[2]}, past the last layer; this model "
+                    f"has {num_layers} layers (allowed offsets 0..{num_layers - 1})"
+                )
         fa = self.force_fa_decode
         if isinstance(fa, tuple):
             full = [i for i in fa if layer_in(self.non_sliding_layers, i)]
             if full:
                 raise ValueError(
                     f"force_fa_decode: layers {full} are in non_sliding_layers (full attention already); "
-                    "list only sliding layers"
+                    "allowed: sliding layers only (ids not in non_sliding_layers), or true/false"
                 )
         if context_length is not None and self.keep_first > context_length:
             raise ValueError(

@@ -26,10 +26,10 @@ def _prepare_server_args(server_args, *args, **kwargs):
     start with the field named, and the prefill CUDA graph (which would capture the
     windowed plan of one batch) is turned off for the swaa backend.
     """
-    if getattr(server_args, "attention_backend", None) != BACKEND_NAME:
-        return None
-    from attention_backends.registration import check_server_args
+    from attention_backends.registration import check_server_args, uses_swaa
 
+    if not uses_swaa(server_args):
+        return None
     check_server_args(server_args)
     if not server_args.disable_prefill_cuda_graph:
         logger.info("swaa: prefill CUDA graph disabled (decode CUDA graphs stay on)")
@@ -38,13 +38,13 @@ def _prepare_server_args(server_args, *args, **kwargs):
 
 
 def _check_model(result, server_args, *args, **kwargs):
-    """AFTER hook on ``ServerArgs.__post_init__``: layer ids and sinks against the model, in the launcher."""
-    if getattr(server_args, "attention_backend", None) != BACKEND_NAME:
-        return None
-    from attention_backends.registration import check_server_args
+    """AFTER hook on ``ServerArgs.__post_init__``: the model (MLA, encoder-decoder), layer ids and sinks
+    against it, in the launcher, before any weights load."""
+    from attention_backends.registration import check_model, check_server_args, facts_from_model_config, uses_swaa
 
-    mc = server_args.get_model_config()
-    check_server_args(server_args).validate(mc.num_hidden_layers, context_length=mc.context_len)
+    if not uses_swaa(server_args):
+        return None
+    check_model(check_server_args(server_args), facts_from_model_config(server_args.get_model_config()))
     return None
 
 

@@ -171,7 +171,8 @@ def test_plain_sglang_args_with_override_json_are_checked_too():
 
 
 def _server_args(**kw):
-    base = dict(json_model_override_args=with_config(None, SWAAConfig(64, 4)), prefill_attention_backend=None,
+    base = dict(json_model_override_args=with_config(None, SWAAConfig(64, 4)), attention_backend="swaa",
+                prefill_attention_backend=None,
                 decode_attention_backend=None, speculative_algorithm=None, enable_mis=False, enable_mixed_chunk=False)
     base.update(kw)
     return types.SimpleNamespace(**base)
@@ -186,6 +187,10 @@ def _server_args(**kw):
         ({"enable_mis": True}, "enable_mis: multi-item scoring is not supported"),
         ({"json_model_override_args": "{}"}, "swaa: the 'swaa' attention backend needs a SWAA config"),
         ({"json_model_override_args": "[1]"}, "json_model_override_args: expected a JSON object"),
+        ({"attention_backend": None, "prefill_attention_backend": "swaa"},
+         "decode_attention_backend: unset (the default backend) would run one phase without SWAA"),
+        ({"attention_backend": "flashinfer", "decode_attention_backend": "swaa", "prefill_attention_backend": "fa3"},
+         "prefill_attention_backend: 'fa3' would run one phase without SWAA"),
     ],
 )
 def test_server_arg_refusals(kw, message):
@@ -199,6 +204,8 @@ def test_mixed_chunk_allowed_with_and_without_fa_decode():
     fa = SWAAConfig(64, 4, True)
     assert check_server_args(_server_args(enable_mixed_chunk=True, json_model_override_args=with_config(None, fa))) == fa
     assert check_server_args(_server_args(decode_attention_backend="swaa")) == SWAAConfig(64, 4)
+    both = _server_args(attention_backend=None, prefill_attention_backend="swaa", decode_attention_backend="swaa")
+    assert check_server_args(both) == SWAAConfig(64, 4)
 
 
 def test_mixed_batches_mark_their_generated_rows():
@@ -222,9 +229,10 @@ def test_mixed_batches_mark_their_generated_rows():
 @pytest.mark.parametrize(
     "facts, message",
     [
-        (ModelFacts(28, 4096, use_mla=True), "model: MLA attention"),
+        (ModelFacts(28, 4096, use_mla=True, architecture="DeepseekV3ForCausalLM"),
+         "model: DeepseekV3ForCausalLM uses MLA attention"),
         (ModelFacts(28, 4096, native_sliding_window=4095), "model: this model already has native sliding-window"),
-        (ModelFacts(28, 4096, is_encoder_decoder=True), "model: encoder-decoder models are not supported"),
+        (ModelFacts(28, 4096, is_encoder_decoder=True), "model: this model is an encoder-decoder model"),
         (ModelFacts(28, 50), "keep_first: 100 sink tokens exceed the context length 50"),
         (ModelFacts(3, 4096), "non_sliding_layers: layer ids [5] are out of range"),
     ],
