@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from swaa_sglang.config import SWAAConfig
-from swaa_sglang.server_args import BACKEND_NAME, MISSING_CONFIG_HELP, config_from_override_args
+from swaa_sglang.server_args import BACKEND_NAME, EVICTION_CACHE, MISSING_CONFIG_HELP, config_from_override_args
 
 
 @dataclass(frozen=True)
@@ -20,8 +20,10 @@ class ModelFacts:
     num_layers: int
     context_len: int
     use_mla: bool = False
-    native_sliding_window: Optional[int] = None  # the model already has SWA layers (Gemma, ...)
+    native_sliding_window: Optional[int] = None  # the runner's sliding window (a native one: Gemma, ...)
     is_encoder_decoder: bool = False
+    # the runner's window is the one our own eviction override set (W - 1), not the model's
+    window_is_ours: bool = False
 
 
 def _get(server_args: Any, name: str, default=None):
@@ -47,6 +49,24 @@ def check_server_args(server_args: Any) -> SWAAConfig:
         )
     if _get(server_args, "enable_mis"):
         raise ValueError("enable_mis: multi-item scoring is not supported with SWAA; allowed: off")
+    cache = _get(server_args, "radix_cache_backend")
+    if config.evict_window:
+        if cache not in (None, EVICTION_CACHE):
+            raise ValueError(
+                f"radix_cache_backend: '{cache}' does not know SWAA sinks; window eviction (evict_window) needs "
+                f"'{EVICTION_CACHE}' (leave --radix-cache-backend unset or set it to '{EVICTION_CACHE}')"
+            )
+        if _get(server_args, "disable_hybrid_swa_memory"):
+            raise ValueError("disable_hybrid_swa_memory: window eviction (evict_window) needs SGLang's hybrid SWA "
+                             "pool; remove --disable-hybrid-swa-memory or set evict_window off")
+        if _get(server_args, "enable_hierarchical_cache"):
+            raise ValueError("enable_hierarchical_cache: not supported with window eviction (evict_window); "
+                             "allowed: off")
+    elif cache == EVICTION_CACHE:
+        raise ValueError(
+            f"radix_cache_backend: '{EVICTION_CACHE}' is SWAA's window-eviction cache; turn evict_window on "
+            "(--swaa-evict-window on) or leave --radix-cache-backend unset"
+        )
     return config
 
 
@@ -55,7 +75,20 @@ def check_model(config: SWAAConfig, model: ModelFacts) -> SWAAConfig:
     if model.use_mla:
         raise ValueError("model: MLA attention (DeepSeek-style latent KV) is not supported by SWAA; "
                          "allowed: models with standard multi-head or grouped-query attention")
-    if model.native_sliding_window is not None:
+    if config.evict_window:
+        from .eviction import sglang_window
+
+        expected = sglang_window(config.sliding_window_size)
+        if not (model.window_is_ours and model.native_sliding_window == expected):
+            raise ValueError(
+                f"evict_window: SGLang's hybrid SWA pool is not set up with SWAA's window (runner window "
+                f"{model.native_sliding_window}, expected {expected} = W - 1 from the swaa override); was the "
+                "plugin's model-config hook applied in this process?"
+            )
+    elif model.window_is_ours:
+        raise ValueError("evict_window: the model config carries SWAA's eviction window but the config has "
+                         "evict_window off")
+    if model.native_sliding_window is not None and not model.window_is_ours:
         raise ValueError(
             f"model: this model already has native sliding-window layers (window {model.native_sliding_window}); "
             "SWAA adapts full-attention models only"
@@ -65,18 +98,32 @@ def check_model(config: SWAAConfig, model: ModelFacts) -> SWAAConfig:
     return config.validate(model.num_layers, context_length=model.context_len)
 
 
+def window_is_ours(runner_window: Optional[int], override_window: Optional[int], model: Any = None) -> bool:
+    """The runner's sliding window came from SWAA's eviction override, not from the model.
+
+    SGLang takes the window from the model's ``get_attention_sliding_window_size`` when it has
+    one (native SWA, ``load_model_utils.resolve_sliding_window_size``), else from the config
+    our hook set; models on SGLang's own hybrid-SWA list are refused in that hook.
+    """
+    if override_window is None or runner_window != override_window:
+        return False
+    return model is None or not hasattr(model, "get_attention_sliding_window_size")
+
+
 def create_swaa_backend(runner: Any):
     """``ATTENTION_BACKENDS['swaa']``: runs in every scheduler / TP worker process."""
     from .swaa_flashinfer import SWAAFlashInferBackend
 
     config = check_server_args(runner.server_args)
     mc = runner.model_config
+    ours = getattr(mc, "swaa_eviction_window", None)  # set by the plugin's model-config hook
     facts = ModelFacts(
         num_layers=mc.num_hidden_layers,
         context_len=mc.context_len,
         use_mla=bool(runner.use_mla_backend),
         native_sliding_window=runner.sliding_window_size,
         is_encoder_decoder=bool(mc.is_encoder_decoder),
+        window_is_ours=window_is_ours(runner.sliding_window_size, ours, getattr(runner, "model", None)),
     )
     check_model(config, facts)
     return SWAAFlashInferBackend(runner, config)
