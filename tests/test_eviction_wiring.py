@@ -186,8 +186,8 @@ _PREPARE = (
     "mc = sa.get_model_config()\n"
     "print('ARGS:' + json.dumps({'override': json.loads(sa.json_model_override_args),\n"
     "      'cache': sa.radix_cache_backend, 'ratio': sa.swa_full_tokens_ratio, 'hybrid': mc.is_hybrid_swa,\n"
-    "      'window': mc.sliding_window_size, 'swa_layers': mc.swa_attention_layer_ids,\n"
-    "      'full_layers': mc.full_attention_layer_ids, 'context_len': mc.context_len}))\n"
+    "      'window': mc.sliding_window_size, 'swa_layers': getattr(mc, 'swa_attention_layer_ids', None),\n"
+    "      'full_layers': getattr(mc, 'full_attention_layer_ids', None), 'context_len': mc.context_len}))\n"
 )
 
 
