@@ -19,7 +19,6 @@ from swaa_sglang.plugin import suggested_swa_full_tokens_ratio
 from swaa_sglang.server_args import (
     add_swaa_args,
     config_from_args,
-    config_from_override_args,
     hybrid_layer_pattern,
     hybrid_overrides,
     with_config,
