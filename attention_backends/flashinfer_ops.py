@@ -7,7 +7,7 @@ synthetic KV pool, so both exercise exactly the same calls.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from flashinfer import BatchDecodeWithPagedKVCacheWrapper, BatchPrefillWithPagedKVCacheWrapper
@@ -38,13 +38,27 @@ class _Ones:
         return self.buf[:n]
 
 
-def slots_on_device(seg: Segments, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor) -> torch.Tensor:
-    """A plan built on the CPU -> KV pool slots on the pool's device (one gather)."""
+SlotMap = Callable[[torch.Tensor], torch.Tensor]
+
+
+def map_slots(slots: torch.Tensor, slot_map: Optional[SlotMap]) -> torch.Tensor:
+    """Full-pool slots -> the slots of the buffer a layer reads (int32, FlashInfer's index dtype).
+
+    ``slot_map`` is None for layers whose KV lives in the full pool; for windowed layers under
+    window eviction it is the SWA pool's ``translate_loc_from_full_to_swa``. The one place where
+    index lists change pools.
+    """
+    return slots if slot_map is None else slot_map(slots).to(torch.int32)
+
+
+def slots_on_device(seg: Segments, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
+                    slot_map: Optional[SlotMap] = None) -> torch.Tensor:
+    """A plan built on the CPU -> KV pool slots on the pool's device (one gather, then ``slot_map``)."""
     dev = req_to_token.device
     on_device = Segments(
         seg.qo_indptr, seg.kv_indptr, seg.kv_req.to(dev, non_blocking=True), seg.kv_pos.to(dev, non_blocking=True)
     )
-    return kv_slots(on_device, req_to_token, req_pool_indices)
+    return map_slots(kv_slots(on_device, req_to_token, req_pool_indices), slot_map)
 
 
 def copy_ranges(req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, lens: torch.Tensor,
@@ -105,22 +119,25 @@ class SlidingPrefill:
         req_to_token: torch.Tensor,
         req_pool_indices: torch.Tensor,
         full_rows_cpu: Optional[torch.Tensor] = None,
+        slot_map: Optional[SlotMap] = None,
     ) -> None:
+        """``slot_map``: see :func:`map_slots` (None: the layers read the full pool)."""
         win = plan_window(prefix_lens_cpu, extend_lens_cpu, self.window)
-        self._plan(self.window_wrapper, win, slots_on_device(win, req_to_token, req_pool_indices), True, self.window - 1)
+        self._plan(self.window_wrapper, win, slots_on_device(win, req_to_token, req_pool_indices, slot_map), True,
+                   self.window - 1)
         self.merge_mask = self.fused = None
         if self.sinks == "fused" and (full_rows_cpu is None or not bool(full_rows_cpu.any())):
             limits = sink_limits(prefix_lens_cpu, extend_lens_cpu, self.window, self.keep_first)
             if int(limits.max()) > 0:
                 dev = req_to_token.device
-                sink_slots = req_to_token[req_pool_indices.long(), : self.keep_first].contiguous()
+                sink_slots = map_slots(req_to_token[req_pool_indices.long(), : self.keep_first], slot_map).contiguous()
                 blocks = row_blocks(extend_lens_cpu, 64).to(dev, non_blocking=True)
                 self.fused = (sink_slots, blocks, limits.to(dev, non_blocking=True))
             return
         extra = plan_extra(prefix_lens_cpu, extend_lens_cpu, self.window, self.keep_first, full_rows_cpu)
         if not extra.empty:
             seg = extra.segments
-            self._plan(self.extra_wrapper, seg, slots_on_device(seg, req_to_token, req_pool_indices), False, -1)
+            self._plan(self.extra_wrapper, seg, slots_on_device(seg, req_to_token, req_pool_indices, slot_map), False, -1)
             self.merge_mask = extra.merge_mask.to(req_to_token.device, non_blocking=True)
 
     def run(self, q: torch.Tensor, kv_cache, sm_scale: float, logits_soft_cap: float = 0.0,
@@ -159,15 +176,20 @@ class SlidingDecode:
         )
 
     def plan(self, seq_lens_cpu: torch.Tensor, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
-             seq_lens: Optional[torch.Tensor] = None) -> None:
-        """``seq_lens_cpu`` sizes the plan on the host; ``seq_lens`` (same values, on the GPU) fills it."""
+             seq_lens: Optional[torch.Tensor] = None, slot_map: Optional[SlotMap] = None) -> None:
+        """``seq_lens_cpu`` sizes the plan on the host; ``seq_lens`` (same values, on the GPU) fills it.
+
+        ``slot_map``: see :func:`map_slots`. A CUDA-graph wrapper copies the mapped list into its
+        fixed buffer here, out of the graph, before every replay.
+        """
         h = self.heads
         bs = seq_lens_cpu.numel()
         n_sink, _, win_len = decode_ranges(seq_lens_cpu, self.window, self.keep_first)
         kv_indptr = torch.zeros(bs + 1, dtype=torch.int32)
         kv_indptr[1:] = torch.cumsum(n_sink + win_len, 0)
         self.wrapper.plan(
-            kv_indptr, self._gather(seq_lens, seq_lens_cpu, req_to_token, req_pool_indices, int(kv_indptr[-1])),
+            kv_indptr,
+            map_slots(self._gather(seq_lens, seq_lens_cpu, req_to_token, req_pool_indices, int(kv_indptr[-1])), slot_map),
             self.ones(bs), h.num_qo_heads, h.num_kv_heads, h.head_dim, 1, data_type=h.kv_dtype, q_data_type=h.q_dtype,
         )
 

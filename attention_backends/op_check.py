@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from swaa_sglang.config import SWAAConfig
-from swaa_sglang.reference import swaa_attention
+from swaa_sglang.reference import swaa_attention, visibility_mask
 
 
 class OpCheck:
@@ -33,8 +33,16 @@ class OpCheck:
     def wanted(self) -> bool:
         return self.budget > 0 and not torch.cuda.is_current_stream_capturing()
 
-    def check(self, mode: str, layer, out: torch.Tensor, q: torch.Tensor, kv_cache, req_to_token, forward_batch) -> None:
-        """``out``/``q``: ``[tokens, hq * d]``; rows are the batch's requests in order."""
+    def check(self, mode: str, layer, out: torch.Tensor, q: torch.Tensor, kv_cache, req_to_token, forward_batch,
+              slot_map=None) -> None:
+        """``out``/``q``: ``[tokens, hq * d]``; rows are the batch's requests in order.
+
+        ``kv_cache`` is the buffer the layer reads; ``slot_map`` turns ``req_to_token``'s full-pool
+        slots into that buffer's slots (the SWA pool's translation on windowed layers under window
+        eviction, else None). KV of positions no query of the call sees may be evicted (its slot
+        stale or freed): those keys are zeroed before the reference runs, so they cannot leak
+        NaN/inf into it; they are masked out anyway.
+        """
         self.budget -= 1
         hq, d = layer.tp_q_head_num, layer.head_dim
         k_buf, v_buf = kv_cache
@@ -52,12 +60,17 @@ class OpCheck:
             generated = [b >= len(seq_lens) - n_gen for b in range(len(seq_lens))]
         refs, row = [], 0
         for b, (L, n) in enumerate(zip(seq_lens, q_lens)):
-            slots = req_to_token[forward_batch.req_pool_indices[b], :L].long()
+            slots = req_to_token[forward_batch.req_pool_indices[b], :L]
+            slots = (slots if slot_map is None else slot_map(slots)).long()
             k, v = k_buf[slots].double(), v_buf[slots].double()
             q_pos = torch.arange(L - n, L, device=q.device)
+            k_pos = torch.arange(L, device=q.device)
+            seen = visibility_mask(self.config, layer.layer_id, q_pos, k_pos, generated[b]).any(0).to(k.device)
+            k[~seen] = 0
+            v[~seen] = 0
             refs.append(swaa_attention(
                 q[row : row + n].double(), k, v, self.config, layer.layer_id, q_pos,
-                torch.arange(L, device=q.device), decode=generated[b], scale=layer.scaling,
+                k_pos, decode=generated[b], scale=layer.scaling,
             ))
             row += n
         ref = torch.cat(refs)

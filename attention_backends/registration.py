@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from swaa_sglang.config import SWAAConfig
-from swaa_sglang.server_args import BACKEND_NAME, MISSING_CONFIG_HELP, config_from_override_args
+from swaa_sglang.server_args import BACKEND_NAME, EVICTION_CACHE, MISSING_CONFIG_HELP, config_from_override_args
 
 
 @dataclass(frozen=True)
@@ -20,12 +20,15 @@ class ModelFacts:
     num_layers: int
     context_len: int
     use_mla: bool = False
-    native_sliding_window: Optional[int] = None  # the model already has SWA layers (Gemma, ...)
+    native_sliding_window: Optional[int] = None  # the runner's sliding window (a native one: Gemma, ...)
     is_encoder_decoder: bool = False
     architecture: str = "this model"
+    # the runner's window is the one our own eviction override set (W - 1), not the model's
+    window_is_ours: bool = False
 
 
-def facts_from_model_config(mc: Any, native_sliding_window: Optional[int] = None) -> ModelFacts:
+def facts_from_model_config(mc: Any, native_sliding_window: Optional[int] = None,
+                            window_is_ours: bool = False) -> ModelFacts:
     """ModelFacts from SGLang's ``ModelConfig`` (known in the launcher, before any weights load).
 
     A native sliding window is only known once the model class exists (worker side).
@@ -40,6 +43,7 @@ def facts_from_model_config(mc: Any, native_sliding_window: Optional[int] = None
         native_sliding_window=native_sliding_window,
         is_encoder_decoder=bool(getattr(mc, "is_encoder_decoder", False)),
         architecture=archs[0] if archs else "this model",
+        window_is_ours=window_is_ours,
     )
 
 
@@ -84,6 +88,24 @@ def check_server_args(server_args: Any) -> SWAAConfig:
         )
     if _get(server_args, "enable_mis"):
         raise ValueError("enable_mis: multi-item scoring is not supported with SWAA; allowed: off")
+    cache = _get(server_args, "radix_cache_backend")
+    if config.evict_window:
+        if cache not in (None, EVICTION_CACHE):
+            raise ValueError(
+                f"radix_cache_backend: '{cache}' does not know SWAA sinks; window eviction (evict_window) needs "
+                f"'{EVICTION_CACHE}' (leave --radix-cache-backend unset or set it to '{EVICTION_CACHE}')"
+            )
+        if _get(server_args, "disable_hybrid_swa_memory"):
+            raise ValueError("disable_hybrid_swa_memory: window eviction (evict_window) needs SGLang's hybrid SWA "
+                             "pool; remove --disable-hybrid-swa-memory or set evict_window off")
+        if _get(server_args, "enable_hierarchical_cache"):
+            raise ValueError("enable_hierarchical_cache: not supported with window eviction (evict_window); "
+                             "allowed: off")
+    elif cache == EVICTION_CACHE:
+        raise ValueError(
+            f"radix_cache_backend: '{EVICTION_CACHE}' is SWAA's window-eviction cache; turn evict_window on "
+            "(--swaa-evict-window on) or leave --radix-cache-backend unset"
+        )
     return config
 
 
@@ -92,7 +114,20 @@ def check_model(config: SWAAConfig, model: ModelFacts) -> SWAAConfig:
     if model.use_mla:
         raise ValueError(f"model: {model.architecture} uses MLA attention (DeepSeek-style latent KV), which SWAA "
                          "does not support; allowed: models with standard multi-head or grouped-query attention")
-    if model.native_sliding_window is not None:
+    if config.evict_window:
+        from .eviction import sglang_window
+
+        expected = sglang_window(config.sliding_window_size)
+        if not (model.window_is_ours and model.native_sliding_window == expected):
+            raise ValueError(
+                f"evict_window: SGLang's hybrid SWA pool is not set up with SWAA's window (runner window "
+                f"{model.native_sliding_window}, expected {expected} = W - 1 from the swaa override); was the "
+                "plugin's model-config hook applied in this process?"
+            )
+    elif model.window_is_ours:
+        raise ValueError("evict_window: the model config carries SWAA's eviction window but the config has "
+                         "evict_window off")
+    if model.native_sliding_window is not None and not model.window_is_ours:
         raise ValueError(
             f"model: {model.architecture} already has native sliding-window layers (window "
             f"{model.native_sliding_window}); SWAA adapts full-attention models only"
@@ -103,10 +138,25 @@ def check_model(config: SWAAConfig, model: ModelFacts) -> SWAAConfig:
     return config.validate(model.num_layers, context_length=model.context_len)
 
 
+def window_is_ours(runner_window: Optional[int], override_window: Optional[int], model: Any = None) -> bool:
+    """The runner's sliding window came from SWAA's eviction override, not from the model.
+
+    SGLang takes the window from the model's ``get_attention_sliding_window_size`` when it has
+    one (native SWA, ``load_model_utils.resolve_sliding_window_size``), else from the config
+    our hook set; models on SGLang's own hybrid-SWA list are refused in that hook.
+    """
+    if override_window is None or runner_window != override_window:
+        return False
+    return model is None or not hasattr(model, "get_attention_sliding_window_size")
+
+
 def create_swaa_backend(runner: Any):
     """``ATTENTION_BACKENDS['swaa']``: runs in every scheduler / TP worker process."""
     from .swaa_flashinfer import SWAAFlashInferBackend
 
     config = check_server_args(runner.server_args)
-    check_model(config, facts_from_model_config(runner.model_config, runner.sliding_window_size))
+    ours = getattr(runner.model_config, "swaa_eviction_window", None)  # set by the plugin's model-config hook
+    window = runner.sliding_window_size
+    check_model(config, facts_from_model_config(
+        runner.model_config, window, window_is_ours(window, ours, getattr(runner, "model", None))))
     return SWAAFlashInferBackend(runner, config)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import torch
 from sglang.srt.layers.attention.flashinfer_backend import FlashInferAttnBackend
@@ -48,6 +48,18 @@ def mixed_decode_rows(forward_batch: ForwardBatch) -> int:
     return n
 
 
+def _ranges_text(ids: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5'."""
+    out, start = [], None
+    for i, x in enumerate(ids):
+        if start is None:
+            start = x
+        if i + 1 == len(ids) or ids[i + 1] != x + 1:
+            out.append(str(start) if start == x else f"{start}-{x}")
+            start = None
+    return ",".join(out) or "none"
+
+
 def _lens(cpu_lens, device_lens: torch.Tensor) -> torch.Tensor:
     return device_lens.cpu().long() if cpu_lens is None else torch.as_tensor(cpu_lens, dtype=torch.int64)
 
@@ -62,37 +74,75 @@ class SWAAFlashInferBackend(FlashInferAttnBackend):
         upd = self.indices_updater_decode
         self.heads = HeadConfig(upd.num_qo_heads, upd.num_kv_heads, upd.head_dim, upd.q_data_type, upd.data_type)
         w, k = config.sliding_window_size, config.keep_first
+        # Window eviction: layers whose KV lives in SGLang's SWA pool (hybrid_layer_pattern 1) read
+        # it through SWA slots; every other layer reads the full pool with full slots.
+        pool = self._swa_kv_pool  # the parent's: an SWAKVPool when the hybrid pool is on, else None
+        self.swa_pool_layers = frozenset(
+            i for i in range(num_layers) if pool is not None and pool.layers_mapping[i][1]
+        )
+        if not self.swa_pool_layers <= self.windowed_decode_layers:
+            raise RuntimeError(
+                f"swaa: layers {sorted(self.swa_pool_layers - self.windowed_decode_layers)} keep their KV in the SWA "
+                "pool but are not windowed (full layer or FA decode): their evicted KV would be read"
+            )
+        self._to_swa = pool.translate_loc_from_full_to_swa if self.swa_pool_layers else None
         # SWAA_SINK_KERNEL=fused selects the Triton sink+merge kernel (attention_backends/sink_merge.py)
         sinks = os.environ.get("SWAA_SINK_KERNEL", "flashinfer")
-        self.prefill = SlidingPrefill(self.workspace_buffer, self.heads, w, k, sinks=sinks) if self.sliding_layers else None
-        # Sliding layers with FA decode, in mixed batches: generated rows see everything there.
+
+        def prefill():
+            return SlidingPrefill(self.workspace_buffer, self.heads, w, k, sinks=sinks)
+
+        # One plan per pool the sliding layers read: False = full slots, True = SWA slots.
+        self.prefill = {swa: prefill() for swa in self._kinds(self.sliding_layers)}
+        # Sliding layers with FA decode, in mixed batches: generated rows see everything there
+        # (never in the SWA pool: full slots).
         self.fa_sliding_layers = self.sliding_layers - self.windowed_decode_layers
-        self.prefill_fa = SlidingPrefill(self.workspace_buffer, self.heads, w, k, sinks=sinks) if self.fa_sliding_layers else None
+        self.prefill_fa = prefill() if self.fa_sliding_layers else None
         self.prefill_fa_planned = False
-        self.eager_decode = SlidingDecode(SlidingDecode.make_wrapper(self.workspace_buffer), self.heads, w, k)
-        self.graph_decode: dict[int, SlidingDecode] = {}
-        self.decode: Optional[SlidingDecode] = None  # the one planned for the current batch
+        self.eager_decode = {
+            swa: SlidingDecode(SlidingDecode.make_wrapper(self.workspace_buffer), self.heads, w, k)
+            for swa in self._kinds(self.windowed_decode_layers)
+        }
+        self.graph_decode: dict[tuple[int, bool], SlidingDecode] = {}
+        self.decode: dict[bool, SlidingDecode] = {}  # the ones planned for the current batch
         self.op_check = OpCheck.from_env(config)  # off unless SWAA_OP_CHECK_FILE is set
         logger.info(
             "SWAA backend: %s; sliding layers %d/%d, windowed decode on %d",
             config.to_json(), len(self.sliding_layers), num_layers, len(self.windowed_decode_layers),
         )
+        if pool is not None:
+            logger.info(
+                "SWAA window eviction: KV pools: full %s tokens x %d layers, SWA %s tokens x %d layers (windowed "
+                "layers %s read sinks + window through SWA slots; full-pool layers keep all KV)",
+                getattr(model_runner, "full_max_total_num_tokens", None), num_layers - len(self.swa_pool_layers),
+                getattr(model_runner, "swa_max_total_num_tokens", None), len(self.swa_pool_layers),
+                _ranges_text(sorted(self.swa_pool_layers)),
+            )
+
+    def _kinds(self, layers) -> list[bool]:
+        """Which pools (False: full, True: SWA) the given layers read."""
+        return sorted({i in self.swa_pool_layers for i in layers})
+
+    def _slot_map(self, swa: bool):
+        return self._to_swa if swa else None
 
     # -- planning, once per batch ---------------------------------------------
     def init_forward_metadata(self, forward_batch: ForwardBatch):
         super().init_forward_metadata(forward_batch)
         mode = forward_batch.forward_mode
         if mode.is_decode_or_idle():
-            self.decode = None
-            if self.windowed_decode_layers and not mode.is_idle():
-                self.decode = self._plan_decode(self.eager_decode, forward_batch, forward_batch.batch_size)
-        elif self.prefill is not None:
+            self.decode = {}
+            if not mode.is_idle():
+                for swa, op in self.eager_decode.items():
+                    self.decode[swa] = self._plan_decode(op, forward_batch, forward_batch.batch_size, swa)
+        elif self.prefill:
             prefix = torch.as_tensor(forward_batch.extend_prefix_lens_cpu, dtype=torch.int64)
             extend = torch.as_tensor(forward_batch.extend_seq_lens_cpu, dtype=torch.int64)
             r2t, rpi = self.req_to_token_pool.req_to_token, forward_batch.req_pool_indices
             # Prompt semantics for every row: right on layers without FA decode, where a
             # generated row sees sinks + window exactly like a prompt row.
-            self.prefill.plan(prefix, extend, r2t, rpi)
+            for swa, op in self.prefill.items():
+                op.plan(prefix, extend, r2t, rpi, slot_map=self._slot_map(swa))
             n_generated = mixed_decode_rows(forward_batch) if self.prefill_fa is not None else 0
             self.prefill_fa_planned = n_generated > 0
             if self.prefill_fa_planned:
@@ -100,10 +150,10 @@ class SWAAFlashInferBackend(FlashInferAttnBackend):
                 full_rows[len(extend) - n_generated :] = True
                 self.prefill_fa.plan(prefix, extend, r2t, rpi, full_rows)
 
-    def _plan_decode(self, decode: SlidingDecode, forward_batch: ForwardBatch, bs: int) -> SlidingDecode:
+    def _plan_decode(self, decode: SlidingDecode, forward_batch: ForwardBatch, bs: int, swa: bool) -> SlidingDecode:
         seq_lens = _lens(forward_batch.seq_lens_cpu, forward_batch.seq_lens)[:bs]
         decode.plan(seq_lens, self.req_to_token_pool.req_to_token, forward_batch.req_pool_indices[:bs],
-                    forward_batch.seq_lens[:bs])
+                    forward_batch.seq_lens[:bs], slot_map=self._slot_map(swa))
         return decode
 
     # -- decode CUDA graphs: fixed buffers per captured batch size ---------------
@@ -111,24 +161,31 @@ class SWAAFlashInferBackend(FlashInferAttnBackend):
         super().init_cuda_graph_state(max_bs, max_num_tokens, kv_indices_buf)
         per_req = self.swaa.sliding_window_size + self.swaa.keep_first if self.windowed_decode_layers else 0
         dev = self.workspace_buffer.device
-        self.graph_kv_indptr = torch.zeros(max_bs + 1, dtype=torch.int32, device=dev)
-        self.graph_kv_indices = torch.zeros(max(max_bs * per_req, 1), dtype=torch.int32, device=dev)
-        self.graph_last_page_len = torch.ones(max_bs, dtype=torch.int32, device=dev)
+        # fixed buffers per pool kind (full / SWA slots): the two index lists differ
+        self.graph_kv_indptr = {swa: torch.zeros(max_bs + 1, dtype=torch.int32, device=dev) for swa in self.eager_decode}
+        self.graph_kv_indices = {
+            swa: torch.zeros(max(max_bs * per_req, 1), dtype=torch.int32, device=dev) for swa in self.eager_decode
+        }
+        self.graph_last_page_len = {swa: torch.ones(max_bs, dtype=torch.int32, device=dev) for swa in self.eager_decode}
 
     def init_forward_metadata_out_graph(self, forward_batch: ForwardBatch, in_capture: bool = False):
         super().init_forward_metadata_out_graph(forward_batch, in_capture)
         if not (self.windowed_decode_layers and forward_batch.forward_mode.is_decode_or_idle()):
             return
         bs = forward_batch.batch_size
-        if in_capture:
-            wrapper = SlidingDecode.make_wrapper(
-                self.workspace_buffer,
-                paged_kv_indptr_buffer=self.graph_kv_indptr[: bs + 1],
-                paged_kv_indices_buffer=self.graph_kv_indices,
-                paged_kv_last_page_len_buffer=self.graph_last_page_len[:bs],
-            )
-            self.graph_decode[bs] = SlidingDecode(wrapper, self.heads, self.swaa.sliding_window_size, self.swaa.keep_first)
-        self.decode = self._plan_decode(self.graph_decode[bs], forward_batch, bs)
+        self.decode = {}
+        for swa in self.eager_decode:
+            if in_capture:
+                wrapper = SlidingDecode.make_wrapper(
+                    self.workspace_buffer,
+                    paged_kv_indptr_buffer=self.graph_kv_indptr[swa][: bs + 1],
+                    paged_kv_indices_buffer=self.graph_kv_indices[swa],
+                    paged_kv_last_page_len_buffer=self.graph_last_page_len[swa][:bs],
+                )
+                self.graph_decode[bs, swa] = SlidingDecode(
+                    wrapper, self.heads, self.swaa.sliding_window_size, self.swaa.keep_first
+                )
+            self.decode[swa] = self._plan_decode(self.graph_decode[bs, swa], forward_batch, bs, swa)
 
     # -- execution, per layer -----------------------------------------------------
     def _save_kv(self, layer: RadixAttention, forward_batch: ForwardBatch, k, v) -> None:
@@ -150,8 +207,9 @@ class SWAAFlashInferBackend(FlashInferAttnBackend):
         else:
             if k is not None and save_kv_cache:
                 self._save_kv(layer, forward_batch, k, v)
-            fa_rows = self.prefill_fa_planned and layer.layer_id in self.fa_sliding_layers
-            o = self._run(self.prefill_fa if fa_rows else self.prefill, q, layer)
+            lid = layer.layer_id
+            fa_rows = self.prefill_fa_planned and lid in self.fa_sliding_layers
+            o = self._run(self.prefill_fa if fa_rows else self.prefill[lid in self.swa_pool_layers], q, layer)
         self._maybe_check("extend", layer, o, q, forward_batch)
         return o
 
@@ -161,11 +219,12 @@ class SWAAFlashInferBackend(FlashInferAttnBackend):
         else:
             if k is not None and save_kv_cache:
                 self._save_kv(layer, forward_batch, k, v)
-            o = self._run(self.decode, q, layer)
+            o = self._run(self.decode[layer.layer_id in self.swa_pool_layers], q, layer)
         self._maybe_check("decode", layer, o, q, forward_batch)
         return o
 
     def _maybe_check(self, mode: str, layer: RadixAttention, o, q, forward_batch: ForwardBatch) -> None:
         if self.op_check is not None and self.op_check.wanted():
             self.op_check.check(mode, layer, o, q, self.token_to_kv_pool.get_kv_buffer(layer.layer_id),
-                                self.req_to_token_pool.req_to_token, forward_batch)
+                                self.req_to_token_pool.req_to_token, forward_batch,
+                                slot_map=self._slot_map(layer.layer_id in self.swa_pool_layers))

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Union
 
-FIELDS = ("sliding_window_size", "keep_first", "force_fa_decode", "non_sliding_layers")
+FIELDS = ("sliding_window_size", "keep_first", "force_fa_decode", "non_sliding_layers", "evict_window")
 
 LAYER_SPEC_HELP = (
     "a list of layer ids such as '1,3,5' or '0-3,8', or a pattern: 'odd', 'even', "
@@ -107,6 +107,9 @@ class SWAAConfig:
     keep_first: int = 0
     force_fa_decode: Union[bool, LayerSpec] = False
     non_sliding_layers: LayerSpec = field(default=())
+    # Window eviction (attention_backends/EVICTION.md): windowed layers keep only sinks + window
+    # of KV in SGLang's hybrid SWA pool. Opt-in; never changes what attention computes.
+    evict_window: bool = False
 
     def __post_init__(self) -> None:
         w = self.sliding_window_size
@@ -126,6 +129,24 @@ class SWAAConfig:
         object.__setattr__(
             self, "non_sliding_layers", parse_layer_spec("non_sliding_layers", self.non_sliding_layers)
         )
+        ev = self.evict_window
+        if not isinstance(ev, bool):
+            raise ValueError(f"evict_window: must be true or false; got {ev!r}")
+        if ev and w is None:
+            raise ValueError(
+                "evict_window: window eviction needs a sliding window (sliding_window_size); "
+                "full attention keeps all KV"
+            )
+        if ev and self.force_fa_decode is True:
+            raise ValueError(
+                "evict_window: force_fa_decode is on for every layer, so no layer is windowed and there is "
+                "no KV to evict; turn FA decode off (or limit it to some layers) or set evict_window off"
+            )
+        if ev and w < 2:
+            raise ValueError(
+                f"evict_window: window eviction needs sliding_window_size >= 2 (SGLang's SWA window is W - 1 "
+                f"and must be >= 1); got {w}"
+            )
 
     # -- per-layer resolution ------------------------------------------------
     @property
@@ -146,6 +167,10 @@ class SWAAConfig:
     def windowed_decode(self, layer_id: int) -> bool:
         """Sliding layer whose decode sees only sinks + window (its older KV is droppable)."""
         return self.is_sliding(layer_id) and not self.uses_fa_decode(layer_id)
+
+    def windowed_layers(self, num_layers: int) -> list[int]:
+        """Layers whose KV outside sinks + window may be evicted (:meth:`windowed_decode`)."""
+        return [i for i in range(num_layers) if self.windowed_decode(i)]
 
     # -- validation ----------------------------------------------------------
     def validate(self, num_layers: int, context_length: int | None = None) -> "SWAAConfig":
@@ -172,6 +197,11 @@ class SWAAConfig:
                     f"force_fa_decode: layers {full} are in non_sliding_layers (full attention already); "
                     "allowed: sliding layers only (ids not in non_sliding_layers), or true/false"
                 )
+        if self.evict_window and not self.windowed_layers(num_layers):
+            raise ValueError(
+                "evict_window: no layer is windowed (every layer is full or decodes with full attention), "
+                "so there is no KV to evict; turn FA decode off on some sliding layer or set evict_window off"
+            )
         if context_length is not None and self.keep_first > context_length:
             raise ValueError(
                 f"keep_first: {self.keep_first} sink tokens exceed the context length {context_length}; "
@@ -188,17 +218,22 @@ class SWAAConfig:
             keep_first=self.keep_first,
             force_fa_decode=fa if isinstance(fa, bool) else resolve_layers(fa, num_layers),
             non_sliding_layers=resolve_layers(self.non_sliding_layers, num_layers),
+            evict_window=self.evict_window,
         )
 
     # -- (de)serialization ---------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON; ``evict_window`` only when on (the four paper knobs otherwise)."""
         fa = self.force_fa_decode
-        return {
+        out = {
             "sliding_window_size": self.sliding_window_size,
             "keep_first": self.keep_first,
             "force_fa_decode": fa if isinstance(fa, bool) else _spec_to_json(fa),
             "non_sliding_layers": _spec_to_json(self.non_sliding_layers),
         }
+        if self.evict_window:
+            out["evict_window"] = True
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -253,6 +288,7 @@ class SWAAConfig:
         fa_decode: str | bool | None = None,
         full_layers: str | None = None,
         base: "SWAAConfig | None" = None,
+        evict_window: str | bool | None = None,
     ) -> "SWAAConfig":
         """From CLI-style strings; unset arguments keep ``base`` (or the defaults)."""
         fields = (base or cls()).to_dict()
@@ -264,6 +300,8 @@ class SWAAConfig:
             fields["force_fa_decode"] = _parse_fa_decode(fa_decode)
         if full_layers is not None:
             fields["non_sliding_layers"] = full_layers
+        if evict_window is not None:
+            fields["evict_window"] = _parse_on_off("evict_window", evict_window)
         return cls(**fields)
 
 
@@ -274,6 +312,17 @@ def _parse_int(name: str, value: str | int) -> int:
         return int(str(value).strip())
     except ValueError:
         raise ValueError(f"{name}: expected an integer; got {value!r}") from None
+
+
+def _parse_on_off(name: str, value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("on", "true", "yes", "1"):
+        return True
+    if text in ("off", "false", "no", "0"):
+        return False
+    raise ValueError(f"{name}: expected on or off; got {value!r}")
 
 
 def _parse_window(value: str | int) -> int | None:

@@ -70,7 +70,8 @@ def prepare_server_args(argv: Sequence[str]):
 
         args.model_path = default_model_path()
         logger.info("no --model-path: serving the embedded default model at %s", args.model_path)
-    for name in ("swaa_preset", "swaa_config", "swaa_window", "swaa_keep_first", "swaa_fa_decode", "swaa_full_layers"):
+    for name in ("swaa_preset", "swaa_config", "swaa_window", "swaa_keep_first", "swaa_fa_decode", "swaa_full_layers",
+                 "swaa_evict_window"):
         delattr(args, name)
     return ServerArgs.from_cli_args(args)
 

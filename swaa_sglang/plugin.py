@@ -12,11 +12,30 @@ import logging
 import sys
 import traceback
 
-from .server_args import BACKEND_NAME
+from .server_args import BACKEND_NAME, EVICTION_CACHE, OVERRIDE_KEY, config_from_override_args, hybrid_overrides
 
 logger = logging.getLogger("swaa_sglang")
 
 _registered = False
+
+RADIX_CACHE_NAME = EVICTION_CACHE  # --radix-cache-backend name of attention_backends.eviction.SWAASinkRadixCache
+# SGLang's ServerArgs.swa_full_tokens_ratio default; replaced for SWAA eviction unless the user set another
+_SGLANG_DEFAULT_SWA_RATIO = 0.8
+
+
+def suggested_swa_full_tokens_ratio(window: int, keep_first: int, context_len: int, page_size: int = 1,
+                                    eviction_interval: int = 128) -> float:
+    """``--swa-full-tokens-ratio`` for SWAA eviction: SWA-pool tokens per full-pool token.
+
+    A running request of length L holds L tokens in the full pool (its full and FA-decode layers)
+    but only about ``W + k + interval + page`` in the SWA pool (sinks, window, and what SGLang frees
+    only every ``SGLANG_SWA_EVICTION_INTERVAL`` decode steps). Balancing both pools for requests of
+    half the context length gives ``2 (W + k + interval + page) / context_len``: long requests are
+    then limited by the full pool, as they must be, and the SWA pool is not sized for whole
+    sequences (SGLang's 0.8 would spend most of the KV memory on windows). Clamped to (0, 1].
+    """
+    need = window + keep_first + eviction_interval + page_size
+    return min(1.0, max(1e-4, 2.0 * need / max(context_len, 1)))
 
 
 def _prepare_server_args(server_args, *args, **kwargs):
@@ -30,7 +49,13 @@ def _prepare_server_args(server_args, *args, **kwargs):
 
     if not uses_swaa(server_args):
         return None
-    check_server_args(server_args)
+    config = check_server_args(server_args)
+    if config.evict_window:
+        chosen = getattr(server_args, "radix_cache_backend", None)
+        if chosen is None:
+            logger.info("swaa: window eviction on; radix cache backend '%s' (sink-aware SWA radix cache)",
+                        RADIX_CACHE_NAME)
+            server_args.radix_cache_backend = RADIX_CACHE_NAME
     if not server_args.disable_prefill_cuda_graph:
         logger.info("swaa: prefill CUDA graph disabled (decode CUDA graphs stay on)")
         server_args.disable_prefill_cuda_graph = True
@@ -44,8 +69,131 @@ def _check_model(result, server_args, *args, **kwargs):
 
     if not uses_swaa(server_args):
         return None
-    check_model(check_server_args(server_args), facts_from_model_config(server_args.get_model_config()))
+    mc = server_args.get_model_config()
+    ours = getattr(mc, "swaa_eviction_window", None)  # set by the model-config hook when eviction is on
+    config = check_model(check_server_args(server_args), facts_from_model_config(mc, ours, ours is not None))
+    if config.evict_window:
+        _configure_eviction(server_args, config, mc)
     return None
+
+
+def _configure_eviction(server_args, config, mc) -> None:
+    """Launcher side of window eviction: pool ratio and what applies where (logged)."""
+    from sglang.srt.environ import envs
+
+    from .server_args import hybrid_layer_pattern, with_config
+
+    if not getattr(mc, "is_hybrid_swa", False):
+        raise ValueError(
+            "evict_window: SGLang did not switch the hybrid SWA pool on for this model (the plugin's hook on "
+            "ModelConfig._derive_hybrid_model did not run, or --disable-hybrid-swa-memory is set)"
+        )
+    pattern = hybrid_layer_pattern(config, mc.num_hidden_layers)
+    # The layer count is known now: write the whole hybrid override, so that what the worker
+    # processes receive (and what the logs show) is explicit; their hook recomputes the same.
+    override = with_config(server_args.json_model_override_args, config, mc.num_hidden_layers)
+    if override != server_args.json_model_override_args:
+        server_args.override("swaa", json_model_override_args=override)
+    ratio = server_args.swa_full_tokens_ratio
+    if ratio == _SGLANG_DEFAULT_SWA_RATIO:
+        ratio = suggested_swa_full_tokens_ratio(
+            config.sliding_window_size, config.keep_first, mc.context_len, server_args.page_size or 1,
+            max(1, envs.SGLANG_SWA_EVICTION_INTERVAL.get()),
+        )
+        server_args.override("swaa", swa_full_tokens_ratio=ratio)
+    windowed = config.windowed_layers(mc.num_hidden_layers)
+    logger.info(
+        "swaa: window eviction on: %d/%d layers keep sinks + window only (SWA pool, SGLang window %d), "
+        "%d layers keep all KV (full pool)%s; swa_full_tokens_ratio %.4g; radix cache backend %s",
+        sum(pattern), len(pattern), config.sliding_window_size - 1, len(pattern) - sum(pattern),
+        " (incl. windowed layer %d, kept whole so the hybrid allocator is used)" % (len(pattern) - 1)
+        if len(windowed) == len(pattern) else "",
+        ratio, server_args.radix_cache_backend,
+    )
+
+
+def _eviction_model_config(model_config, *args, **kwargs):
+    """BEFORE hook on ``ModelConfig._derive_hybrid_model``, every process: switch SGLang's hybrid SWA pool on.
+
+    The ``swaa`` key of ``--json-model-override-args`` is already on the HF config. With
+    ``evict_window`` on, this sets ``is_hybrid_swa``, ``hybrid_layer_pattern`` (windowed layers in
+    the SWA pool; it needs the layer count, known only here) and ``sliding_window_size = W - 1`` on
+    the HF text config, and the model config's own ``sliding_window_size`` (read before this runs).
+    SGLang then derives the layer split and pools itself. Models with native SWA are refused.
+    """
+    raw = getattr(model_config.hf_config, OVERRIDE_KEY, None)
+    if raw is None:
+        return None
+    config = config_from_override_args({OVERRIDE_KEY: raw})
+    if config is None or not config.evict_window:
+        return None
+    from sglang.srt.configs.model_config import is_hybrid_swa_model
+
+    if is_hybrid_swa_model(model_config.hf_config.architectures, None):
+        raise ValueError(
+            f"evict_window: {model_config.hf_config.architectures} already has native sliding-window layers; "
+            "SWAA adapts full-attention models only"
+        )
+    if getattr(model_config, "disable_hybrid_swa_memory", False):
+        raise ValueError("evict_window: needs SGLang's hybrid SWA pool; remove --disable-hybrid-swa-memory")
+    text = model_config.hf_text_config
+    over = hybrid_overrides(config, text.num_hidden_layers)
+    for key, value in over.items():
+        setattr(text, key, value)
+    model_config.sliding_window_size = over["sliding_window_size"]
+    model_config.swaa_eviction_window = over["sliding_window_size"]  # what registration accepts as ours
+    return None
+
+
+_floor_cache: dict = {}
+
+
+def _req_sink_floor(result, req, *args, **kwargs):
+    """AFTER hook on ``Req.__init__`` (scheduler): ``swa_evict_floor = K`` when eviction is on.
+
+    SGLang's ``free_swa_out_of_window_slots`` then never frees a live request's sinks
+    (``attention_backends.eviction.sink_floor_hook``; EVICTION.md (b)).
+    """
+    from sglang.srt.runtime_context import get_server_args
+
+    server_args = get_server_args()
+    if server_args is None or getattr(server_args, "attention_backend", None) != BACKEND_NAME:
+        return None
+    key = (server_args.json_model_override_args, server_args.page_size)
+    hook = _floor_cache.get(key)
+    if hook is None:
+        from attention_backends.eviction import sink_floor_hook
+
+        config = config_from_override_args(server_args.json_model_override_args)
+        hook = _floor_cache[key] = (
+            sink_floor_hook(config.keep_first, server_args.page_size or 1)
+            if config is not None and config.evict_window else False
+        )
+    if hook:
+        hook(result, req, *args, **kwargs)
+    return None
+
+
+def _radix_cache_factory(ctx):
+    """``--radix-cache-backend swaa`` (scheduler): the sink-aware SWA radix cache, k from the SWAA config."""
+    from attention_backends.eviction import make_radix_cache_factory
+
+    config = config_from_override_args(ctx.server_args.json_model_override_args)
+    if config is None or not config.evict_window:
+        raise ValueError(
+            f"radix_cache_backend: '{RADIX_CACHE_NAME}' is SWAA's window-eviction cache; it needs a SWAA config "
+            "with evict_window on (--swaa-evict-window on, or \"evict_window\": true in the swaa override)"
+        )
+    cache = make_radix_cache_factory(config.keep_first)(ctx)
+    alloc = ctx.params.token_to_kv_pool_allocator
+    full = getattr(alloc, "size_full", None)
+    swa = getattr(alloc, "size_swa", None)
+    logger.info(
+        "swaa: window eviction: %s over full pool %s tokens, SWA pool %s tokens; window W=%d (SGLang %s), "
+        "sinks k=%d kept", type(cache).__name__, full, swa, config.sliding_window_size,
+        ctx.params.sliding_window_size, config.keep_first,
+    )
+    return cache
 
 
 MARK_ATTR = "swaa_mixed_decode_rows"  # set on ForwardBatch, read by the backend
@@ -102,6 +250,15 @@ def register() -> None:
     HookRegistry.register(
         "sglang.srt.model_executor.runner.eager_runner.EagerRunner.load_batch", _carry_mixed_marking, HookType.AFTER
     )
+    # window eviction (opt-in per config; every hook is a no-op when it is off)
+    from sglang.srt.mem_cache.registry import get_radix_cache_factory, register_radix_cache_backend
+
+    if get_radix_cache_factory(RADIX_CACHE_NAME) is None:
+        register_radix_cache_backend(RADIX_CACHE_NAME, _radix_cache_factory)
+    HookRegistry.register(
+        "sglang.srt.configs.model_config.ModelConfig._derive_hybrid_model", _eviction_model_config, HookType.BEFORE
+    )
+    HookRegistry.register("sglang.srt.managers.schedule_batch.Req.__init__", _req_sink_floor, HookType.AFTER)
     _registered = True
     logger.info("swaa: attention backend registered")
 

@@ -17,6 +17,7 @@ from .config import LAYER_SPEC_HELP, PRESETS, SWAAConfig, preset_config
 
 OVERRIDE_KEY = "swaa"
 BACKEND_NAME = "swaa"
+EVICTION_CACHE = "swaa"  # --radix-cache-backend of window eviction (registered by swaa_sglang.plugin)
 
 MISSING_CONFIG_HELP = (
     "swaa: the 'swaa' attention backend needs a SWAA config: pass "
@@ -46,10 +47,55 @@ def config_from_override_args(override: Optional[str | dict]) -> Optional[SWAACo
     return SWAAConfig.from_dict(data[OVERRIDE_KEY])
 
 
-def with_config(override_json: Optional[str], config: SWAAConfig) -> str:
-    """``json_model_override_args`` with the SWAA config set (other keys kept)."""
+# HF-config keys that switch SGLang's hybrid SWA pool on (configs/model_config.py):
+# is_hybrid_swa_model() accepts any config with is_hybrid_swa, get_hybrid_layer_ids()
+# reads hybrid_layer_pattern (1 = SWA pool, 0 = full pool), _get_sliding_window_size()
+# reads sliding_window_size first.
+HYBRID_KEYS = ("is_hybrid_swa", "hybrid_layer_pattern", "sliding_window_size")
+
+
+def hybrid_layer_pattern(config: SWAAConfig, num_layers: int) -> list[int]:
+    """SGLang's ``hybrid_layer_pattern`` for window eviction: 1 = KV in the SWA pool (evictable).
+
+    Windowed layers (sliding, no FA decode) are 1; full and FA-decode layers 0. If every layer
+    is windowed, the last one is declared 0 all the same: SGLang would otherwise pick its
+    all-SWA allocator and cache, which cache only ``[0, swa_evict_floor)`` of a finished request
+    (no prefix reuse) and are not validated with sinks; one layer of full KV buys the hybrid
+    allocator and :class:`attention_backends.eviction.SWAASinkRadixCache` (EVICTION.md,
+    "All layers windowed"). The attention of that layer is still windowed: the backend decides
+    what is windowed, the pattern only says where the KV lives.
+    """
+    pattern = [1 if config.windowed_decode(i) else 0 for i in range(num_layers)]
+    if num_layers and all(pattern):
+        pattern[-1] = 0
+    return pattern
+
+
+def hybrid_overrides(config: SWAAConfig, num_layers: Optional[int] = None) -> dict[str, Any]:
+    """The HF-config keys that window eviction adds next to ``swaa`` (empty when it is off).
+
+    ``hybrid_layer_pattern`` needs the layer count; without it only the other two keys are given
+    (the plugin's model-config hook completes the pattern in every process).
+    """
+    if not config.evict_window:
+        return {}
+    from attention_backends.eviction import sglang_window
+
+    out: dict[str, Any] = {"is_hybrid_swa": True, "sliding_window_size": sglang_window(config.sliding_window_size)}
+    if num_layers is not None:
+        out["hybrid_layer_pattern"] = hybrid_layer_pattern(config, num_layers)
+    return out
+
+
+def with_config(override_json: Optional[str], config: SWAAConfig, num_layers: Optional[int] = None) -> str:
+    """``json_model_override_args`` with the SWAA config set (other keys kept).
+
+    With ``evict_window`` on, also the hybrid-SWA keys of :func:`hybrid_overrides` (the pattern
+    only when ``num_layers`` is given; otherwise the plugin's model-config hook adds it).
+    """
     data = _load_override(override_json)
     data[OVERRIDE_KEY] = config.to_dict()
+    data.update(hybrid_overrides(config, num_layers))
     return json.dumps(data)
 
 
@@ -76,12 +122,19 @@ def add_swaa_args(parser: argparse.ArgumentParser) -> None:
         "--swaa-full-layers", metavar="LAYERS",
         help=f"Layers that keep full attention everywhere: {LAYER_SPEC_HELP}.",
     )
+    g.add_argument(
+        "--swaa-evict-window", metavar="on|off",
+        help="Window eviction (default off): windowed layers (sliding, no FA decode) keep only the sinks and "
+        "the window of KV, in SGLang's hybrid SWA pool, so more requests fit; outputs are unchanged. "
+        "Needs W >= 2 and at least one windowed layer; sets --radix-cache-backend swaa.",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Optional[SWAAConfig]:
     """The config the ``--swaa-*`` flags describe, or None if none was given."""
     flags = (args.swaa_window, args.swaa_keep_first, args.swaa_fa_decode, args.swaa_full_layers)
-    if args.swaa_preset is None and args.swaa_config is None and all(f is None for f in flags):
+    evict = getattr(args, "swaa_evict_window", None)
+    if args.swaa_preset is None and args.swaa_config is None and all(f is None for f in (*flags, evict)):
         return None
     if args.swaa_preset and args.swaa_config:
         raise ValueError(
@@ -92,4 +145,4 @@ def config_from_args(args: argparse.Namespace) -> Optional[SWAAConfig]:
         base = SWAAConfig.from_file(args.swaa_config)
     else:
         base = preset_config(args.swaa_preset) if args.swaa_preset else SWAAConfig()
-    return SWAAConfig.from_cli(*flags, base=base)
+    return SWAAConfig.from_cli(*flags, base=base, evict_window=evict)

@@ -1,0 +1,440 @@
+"""Window eviction wired into the server (CPU): config, CLI, the hybrid-SWA override, plugin hooks,
+registration, and the backend's slot translation against SGLang's real SWA pool."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from attention_backends.registration import ModelFacts, check_model, check_server_args, window_is_ours
+from swaa_sglang import SWAAConfig
+from swaa_sglang.plugin import suggested_swa_full_tokens_ratio
+from swaa_sglang.server_args import (
+    add_swaa_args,
+    config_from_args,
+    hybrid_layer_pattern,
+    hybrid_overrides,
+    with_config,
+)
+
+QWEN3_CONFIG = str(Path(__file__).resolve().parents[1] / "benchmarks" / "models" / "qwen3-0.6b")
+
+
+# -- config and CLI ------------------------------------------------------------------------
+def test_evict_window_field():
+    assert SWAAConfig(64).evict_window is False
+    c = SWAAConfig(64, 4, evict_window=True)
+    assert c.to_dict()["evict_window"] is True
+    assert "evict_window" not in SWAAConfig(64, 4).to_dict()  # the four paper knobs unchanged when off
+    assert SWAAConfig.from_dict(c.to_dict()) == c
+    assert SWAAConfig.from_json(json.dumps({"sliding_window_size": 64, "evict_window": True})) == c.__class__(
+        64, evict_window=True
+    )
+    assert c.resolved(4).evict_window is True
+    assert SWAAConfig.from_cli("64", evict_window="on").evict_window is True
+    assert SWAAConfig.from_cli(evict_window="off", base=c).evict_window is False
+
+
+def test_evict_window_yaml(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("swaa:\n  sliding_window_size: 128\n  keep_first: 4\n  evict_window: true\n")
+    assert SWAAConfig.from_file(f) == SWAAConfig(128, 4, evict_window=True)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(evict_window="yes"), "evict_window: must be true or false"),
+        (dict(sliding_window_size=None, evict_window=True), "evict_window: window eviction needs a sliding window"),
+        (dict(sliding_window_size=1, evict_window=True), "evict_window: window eviction needs sliding_window_size >= 2"),
+        (dict(sliding_window_size=64, force_fa_decode=True, evict_window=True),
+         "evict_window: force_fa_decode is on for every layer"),
+    ],
+)
+def test_evict_window_refusals(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SWAAConfig(**{"sliding_window_size": 64, **kwargs})
+
+
+def test_evict_window_needs_a_windowed_layer():
+    with pytest.raises(ValueError, match="evict_window: no layer is windowed"):
+        SWAAConfig(64, force_fa_decode="even", non_sliding_layers="odd", evict_window=True).validate(4)
+    with pytest.raises(ValueError, match="evict_window: no layer is windowed"):
+        SWAAConfig(64, non_sliding_layers="0-3", evict_window=True).validate(4)
+    SWAAConfig(64, force_fa_decode="even", evict_window=True).validate(4)  # layers 1, 3 windowed
+
+
+def _parse(*argv):
+    p = argparse.ArgumentParser()
+    add_swaa_args(p)
+    return config_from_args(p.parse_args(list(argv)))
+
+
+def test_cli_flag():
+    assert _parse("--swaa-window", "64", "--swaa-evict-window", "on") == SWAAConfig(64, evict_window=True)
+    assert _parse("--swaa-preset", "sink10-2k", "--swaa-evict-window", "on") == SWAAConfig(2048, 10, evict_window=True)
+    assert _parse("--swaa-window", "64", "--swaa-evict-window", "off").evict_window is False
+    with pytest.raises(ValueError, match="evict_window: expected on or off"):
+        _parse("--swaa-window", "64", "--swaa-evict-window", "maybe")
+    with pytest.raises(ValueError, match="evict_window: window eviction needs a sliding window"):
+        _parse("--swaa-evict-window", "on")
+    p = argparse.ArgumentParser()
+    add_swaa_args(p)
+    assert "--swaa-evict-window" in p.format_help()
+
+
+# -- the hybrid-SWA override ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "config, layers, pattern",
+    [
+        # every layer windowed: the last is kept whole (hybrid allocator, EVICTION.md)
+        (SWAAConfig(64, 4, evict_window=True), 4, [1, 1, 1, 0]),
+        (SWAAConfig(64, 4, non_sliding_layers="odd", evict_window=True), 6, [1, 0, 1, 0, 1, 0]),
+        (SWAAConfig(64, 0, force_fa_decode=[0, 2], evict_window=True), 4, [0, 1, 0, 1]),
+        (SWAAConfig(2048, 100, force_fa_decode="every:4:3", non_sliding_layers=[0], evict_window=True), 8,
+         [0, 1, 1, 0, 1, 1, 1, 0]),
+    ],
+)
+def test_override_pattern_and_window(config, layers, pattern):
+    assert hybrid_layer_pattern(config, layers) == pattern
+    over = json.loads(with_config('{"rope_theta": 5}', config, layers))
+    assert over["rope_theta"] == 5
+    assert SWAAConfig.from_dict(over["swaa"]) == config
+    assert over["is_hybrid_swa"] is True
+    assert over["sliding_window_size"] == config.sliding_window_size - 1
+    assert over["hybrid_layer_pattern"] == pattern
+    # without the layer count: everything but the pattern (the model-config hook completes it)
+    assert "hybrid_layer_pattern" not in json.loads(with_config(None, config))
+    # pattern 1 only on windowed layers: eviction never touches KV a layer may still read
+    for i, p in enumerate(pattern):
+        assert p == 0 or config.windowed_decode(i)
+
+
+def test_override_absent_when_off():
+    c = SWAAConfig(64, 4)
+    assert hybrid_overrides(c, 4) == {}
+    assert set(json.loads(with_config(None, c, 4))) == {"swaa"}
+
+
+def test_suggested_ratio():
+    r = suggested_swa_full_tokens_ratio(2048, 100, 131072)
+    assert r == pytest.approx(2 * (2048 + 100 + 128 + 1) / 131072)
+    assert suggested_swa_full_tokens_ratio(8192, 0, 4096) == 1.0
+    # at 128K, 28 layers (one kept whole): >= 10x the full-KV tokens per byte
+    cell = 1 + r * 27
+    assert 28 / cell >= 10
+
+
+# -- registration ----------------------------------------------------------------------------------
+def test_check_model_accepts_our_window_only():
+    ev = SWAAConfig(64, 4, evict_window=True)
+    check_model(ev, ModelFacts(28, 4096, native_sliding_window=63, window_is_ours=True))
+    with pytest.raises(ValueError, match="model: this model already has native sliding-window"):
+        check_model(SWAAConfig(64, 4), ModelFacts(28, 4096, native_sliding_window=4095))
+    with pytest.raises(ValueError, match="evict_window: SGLang's hybrid SWA pool is not set up"):
+        check_model(ev, ModelFacts(28, 4096, native_sliding_window=4095))
+    with pytest.raises(ValueError, match="evict_window: SGLang's hybrid SWA pool is not set up"):
+        check_model(ev, ModelFacts(28, 4096))
+    with pytest.raises(ValueError, match="evict_window: the model config carries"):
+        check_model(SWAAConfig(64, 4), ModelFacts(28, 4096, native_sliding_window=63, window_is_ours=True))
+    assert window_is_ours(63, 63, types.SimpleNamespace())
+    assert not window_is_ours(63, None)
+    assert not window_is_ours(4095, 63)
+    native = types.SimpleNamespace(get_attention_sliding_window_size=lambda: 63)
+    assert not window_is_ours(63, 63, native)
+
+
+def _args(config: SWAAConfig, **kw):
+    return types.SimpleNamespace(json_model_override_args=with_config(None, config), **kw)
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(radix_cache_backend="lmcache"), "radix_cache_backend: 'lmcache' does not know SWAA sinks"),
+        (dict(disable_hybrid_swa_memory=True), "disable_hybrid_swa_memory: window eviction"),
+        (dict(enable_hierarchical_cache=True), "enable_hierarchical_cache: not supported with window eviction"),
+    ],
+)
+def test_server_arg_refusals_with_eviction(kw, message):
+    with pytest.raises(ValueError, match=message):
+        check_server_args(_args(SWAAConfig(64, 4, evict_window=True), **kw))
+
+
+def test_eviction_cache_needs_eviction():
+    check_server_args(_args(SWAAConfig(64, 4, evict_window=True), radix_cache_backend="swaa"))
+    with pytest.raises(ValueError, match="radix_cache_backend: 'swaa' is SWAA's window-eviction cache"):
+        check_server_args(_args(SWAAConfig(64, 4), radix_cache_backend="swaa"))
+
+
+# -- the real ServerArgs / ModelConfig path, in a fresh process (hooks are process-global) -------------
+_PREPARE = (
+    "import json, sys\n"
+    "from swaa_sglang.launch_server import prepare_server_args\n"
+    "try:\n"
+    "    sa = prepare_server_args(sys.argv[1:])\n"
+    "except ValueError as e:\n"
+    "    print('ERROR:' + str(e)); sys.exit(0)\n"
+    "mc = sa.get_model_config()\n"
+    "print('ARGS:' + json.dumps({'override': json.loads(sa.json_model_override_args),\n"
+    "      'cache': sa.radix_cache_backend, 'ratio': sa.swa_full_tokens_ratio, 'hybrid': mc.is_hybrid_swa,\n"
+    "      'window': mc.sliding_window_size, 'swa_layers': getattr(mc, 'swa_attention_layer_ids', None),\n"
+    "      'full_layers': getattr(mc, 'full_attention_layer_ids', None), 'context_len': mc.context_len}))\n"
+)
+
+
+def _prepare(*argv: str) -> dict:
+    r = subprocess.run(
+        [sys.executable, "-c", _PREPARE, "--model-path", QWEN3_CONFIG, "--load-format", "dummy", "--device", "cpu",
+         *argv], capture_output=True, text=True, timeout=600,
+    )
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith(("ARGS:", "ERROR:"))]
+    assert line, r.stderr[-3000:]
+    if line[-1].startswith("ERROR:"):
+        return {"error": line[-1][6:]}
+    return json.loads(line[-1][5:])
+
+
+def test_launcher_switches_the_hybrid_pool_on():
+    """28-layer Qwen3 config, every layer windowed: 27 layers in the SWA pool, the last kept whole."""
+    out = _prepare("--swaa-window", "64", "--swaa-keep-first", "4", "--swaa-evict-window", "on")
+    assert out["cache"] == "swaa"
+    assert out["hybrid"] is True and out["window"] == 63
+    assert out["swa_layers"] == list(range(27)) and out["full_layers"] == [27]
+    over = out["override"]
+    assert over["is_hybrid_swa"] is True and over["sliding_window_size"] == 63
+    assert over["hybrid_layer_pattern"] == [1] * 27 + [0]
+    assert out["ratio"] == pytest.approx(suggested_swa_full_tokens_ratio(64, 4, out["context_len"]))
+    # FA decode on the odd layers: they keep all KV
+    out = _prepare("--swaa-window", "64", "--swaa-fa-decode", "odd", "--swaa-evict-window", "on",
+                   "--swa-full-tokens-ratio", "0.25")
+    assert out["swa_layers"] == list(range(0, 28, 2)) and out["full_layers"] == list(range(1, 28, 2))
+    assert out["ratio"] == 0.25  # the user's choice is kept
+
+
+def test_launcher_without_eviction_is_unchanged():
+    out = _prepare("--swaa-window", "64", "--swaa-keep-first", "4")
+    assert out["cache"] is None and out["hybrid"] is False and out["window"] is None
+    assert set(out["override"]) == {"swaa"}
+    assert out["ratio"] == 0.8
+
+
+def test_launcher_refusals():
+    assert _prepare("--swaa-window", "64", "--swaa-evict-window", "on", "--radix-cache-backend", "other")[
+        "error"].startswith("radix_cache_backend: 'other' does not know SWAA sinks")
+    assert _prepare("--swaa-window", "64", "--swaa-fa-decode", "on", "--swaa-evict-window", "on")[
+        "error"].startswith("evict_window: force_fa_decode is on for every layer")
+    assert _prepare("--swaa-window", "64", "--swaa-full-layers", "0-27", "--swaa-evict-window", "on")[
+        "error"].startswith("evict_window: no layer is windowed")
+
+
+def test_plain_sglang_override_path():
+    """sglang.launch_server / Engine: only the swaa key is given; the hook derives the rest."""
+    code = (
+        "import json, sys\n"
+        "from sglang.srt.plugins import load_plugins\n"
+        "load_plugins()\n"
+        "from sglang.srt.server_args import prepare_server_args\n"
+        "sa = prepare_server_args(sys.argv[1:])\n"
+        "mc = sa.get_model_config()\n"
+        "print('ARGS:' + json.dumps({'cache': sa.radix_cache_backend, 'hybrid': mc.is_hybrid_swa,\n"
+        "      'window': mc.sliding_window_size, 'full': mc.full_attention_layer_ids,\n"
+        "      'override': json.loads(sa.json_model_override_args)}))\n"
+    )
+    swaa = json.dumps({"swaa": {"sliding_window_size": 32, "keep_first": 2, "non_sliding_layers": "every:7",
+                                "evict_window": True}})
+    r = subprocess.run(
+        [sys.executable, "-c", code, "--model-path", QWEN3_CONFIG, "--load-format", "dummy", "--device", "cpu",
+         "--attention-backend", "swaa", "--json-model-override-args", swaa],
+        capture_output=True, text=True, timeout=600,
+    )
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("ARGS:")]
+    assert line, r.stderr[-3000:]
+    out = json.loads(line[-1][5:])
+    assert out["cache"] == "swaa" and out["hybrid"] is True and out["window"] == 31
+    assert out["full"] == [0, 7, 14, 21]
+    assert out["override"]["hybrid_layer_pattern"] == [0 if i % 7 == 0 else 1 for i in range(28)]
+
+
+def test_plugin_registers_cache_backend_and_hooks_in_a_fresh_process():
+    code = (
+        "from sglang.srt.plugins import load_plugins\n"
+        "from sglang.srt.mem_cache.registry import get_radix_cache_factory\n"
+        "assert get_radix_cache_factory('swaa') is None\n"
+        "load_plugins()\n"
+        "from swaa_sglang.plugin import _radix_cache_factory\n"
+        "assert get_radix_cache_factory('swaa') is _radix_cache_factory\n"
+        "from sglang.srt.managers.schedule_batch import Req\n"
+        "assert getattr(Req.__init__, '__wrapped__', None) is not None, 'Req hook not applied'\n"
+        "from sglang.srt.configs.model_config import ModelConfig\n"
+        "assert getattr(ModelConfig._derive_hybrid_model, '__wrapped__', None) is not None, 'ModelConfig hook'\n"
+        "print('registered')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "registered" in r.stdout
+
+
+# -- scheduler side: the cache factory and the request floor -------------------------------------------
+def _pool(full=40, swa=20, layers=(0, 1), swa_layers=(0,)):
+    from sglang.srt.mem_cache.allocator.swa import SWATokenToKVPoolAllocator
+    from sglang.srt.mem_cache.swa_memory_pool import SWAKVPool
+
+    pool = SWAKVPool(
+        size=full, size_swa=swa, page_size=1, dtype=torch.float32, head_num=1, head_dim=1,
+        swa_attention_layer_ids=list(swa_layers), full_attention_layer_ids=[i for i in layers if i not in swa_layers],
+        device="cpu",
+    )
+    alloc = SWATokenToKVPoolAllocator(full, swa, 1, torch.float32, "cpu", pool, need_sort=False)
+    return pool, alloc
+
+
+def test_radix_cache_factory_reads_k_from_the_override():
+    from sglang.srt.mem_cache.cache_init_params import CacheInitParams
+    from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
+
+    from attention_backends.eviction import SWAASinkRadixCache
+    from swaa_sglang.plugin import _radix_cache_factory
+
+    pool, alloc = _pool()
+    params = CacheInitParams(disable=False, req_to_token_pool=ReqToTokenPool(4, 64, "cpu", False),
+                             token_to_kv_pool_allocator=alloc, page_size=1, sliding_window_size=7)
+    sa = types.SimpleNamespace(json_model_override_args=with_config(None, SWAAConfig(8, 3, evict_window=True)))
+    ctx = types.SimpleNamespace(server_args=sa, is_hybrid_swa=True, disable_radix_cache=False,
+                                full_tokens_per_layer=40, params=params)
+    cache = _radix_cache_factory(ctx)
+    assert isinstance(cache, SWAASinkRadixCache) and cache.keep_first == 3 and cache.sliding_window_size == 7
+    sa.json_model_override_args = with_config(None, SWAAConfig(8, 3))
+    with pytest.raises(ValueError, match="radix_cache_backend: 'swaa' is SWAA's window-eviction cache"):
+        _radix_cache_factory(ctx)
+
+
+def test_req_floor_hook_follows_the_server_config(monkeypatch):
+    import sglang.srt.runtime_context as rc
+
+    from swaa_sglang import plugin
+
+    sa = types.SimpleNamespace(attention_backend="swaa", page_size=1,
+                               json_model_override_args=with_config(None, SWAAConfig(8, 5, evict_window=True)))
+    monkeypatch.setattr(rc, "get_server_args", lambda: sa)
+    req = types.SimpleNamespace(swa_evict_floor=0)
+    plugin._req_sink_floor(None, req)
+    assert req.swa_evict_floor == 5
+    sa.page_size = 4
+    req = types.SimpleNamespace(swa_evict_floor=0)
+    plugin._req_sink_floor(None, req)
+    assert req.swa_evict_floor == 8  # page-ceiled
+    sa.json_model_override_args = with_config(None, SWAAConfig(8, 5))  # eviction off: floor untouched
+    req = types.SimpleNamespace(swa_evict_floor=0)
+    plugin._req_sink_floor(None, req)
+    assert req.swa_evict_floor == 0
+
+
+# -- the backend's index lists, translated through SGLang's real SWA pool ---------------------------------
+def test_translated_index_lists_read_only_live_swa_kv():
+    """Plans for windowed layers gathered with ``translate_loc_from_full_to_swa`` hit exactly the SWA slots
+    holding each needed position, after SGLang's own out-of-window eviction; untranslated lists hit full slots."""
+    from sglang.srt.mem_cache.memory_pool import KVWriteLoc
+
+    from attention_backends.flashinfer_ops import copy_ranges, map_slots, slots_on_device
+    from attention_backends.planning import decode_ranges, plan_extra, plan_window
+
+    W, k = 6, 3
+    pool, alloc = _pool(full=60, swa=40)
+    r2t = torch.zeros(3, 40, dtype=torch.int32)
+    lens = [25, 9]
+    rows = torch.tensor([2, 0])
+    swa_layer = types.SimpleNamespace(layer_id=0)
+    full_layer = types.SimpleNamespace(layer_id=1)
+    for b, L in enumerate(lens):
+        full = alloc.alloc(L)
+        r2t[rows[b], :L] = full.to(torch.int32)
+        tag = torch.arange(L, dtype=torch.float32).view(L, 1, 1) + 100 * (b + 1)  # content = (request, position)
+        loc = KVWriteLoc(full, pool.translate_loc_from_full_to_swa(full))
+        pool.set_kv_buffer(swa_layer, loc, tag, tag)
+        pool.set_kv_buffer(full_layer, loc, tag, tag)
+        # SGLang's eviction for the query at position L - 1 (free_swa_out_of_window_slots with
+        # pre_len = L - 1, window W - 1): keep the sinks [0, k) (floor) and [L - W, L)
+        drop = full[k : max(k, L - W)]
+        alloc.free_swa(drop)
+    assert (pool.translate_loc_from_full_to_swa(r2t[2, 3:19].long()) == 0).all()  # evicted: mapped to 0
+
+    swa_k = pool.get_key_buffer(0)[:, 0, 0]
+    full_k = pool.get_key_buffer(1)[:, 0, 0]
+    to_swa = pool.translate_loc_from_full_to_swa
+
+    def content(slots, buf):
+        return buf[slots.long()].tolist()
+
+    # prefill: a 1-token extend at position L - 1 over the cached prefix [0, L - 1)
+    prefix = torch.tensor([L - 1 for L in lens])
+    extend = torch.ones(2, dtype=torch.int64)
+    win = plan_window(prefix, extend, W)
+    for slot_map, buf in ((to_swa, swa_k), (None, full_k)):
+        got = content(slots_on_device(win, r2t, rows, slot_map), buf)
+        want = [100 * (int(r) + 1) + int(p) for r, p in zip(win.kv_req, win.kv_pos)]
+        assert got == want
+    extra = plan_extra(prefix, extend, W, k)
+    assert not extra.empty
+    seg = extra.segments
+    got = content(slots_on_device(seg, r2t, rows, to_swa), swa_k)
+    assert got == [100 * (int(r) + 1) + int(p) for r, p in zip(seg.kv_req, seg.kv_pos)]
+    assert (slots_on_device(seg, r2t, rows, to_swa) > 0).all()
+    # fused sinks: [bs, k] of sink slots
+    sinks = map_slots(r2t[rows.long(), :k], to_swa)
+    assert sinks.dtype == torch.int32 and content(sinks, swa_k) == [[100 + j for j in range(k)], [200 + j for j in range(k)]]
+
+    # decode of position L - 1 (seq_lens = L): sinks ++ last W, the SlidingDecode gather (CPU branch of
+    # copy_ranges) then the map
+    seq_lens = torch.tensor(lens)
+    n_sink, win_start, win_len = decode_ranges(seq_lens, W, k)
+    total = int((n_sink + win_len).sum())
+    offsets = torch.cumsum(n_sink + win_len, 0) - (n_sink + win_len)
+    out = torch.empty(total, dtype=torch.int32)
+    copy_ranges(r2t, rows, n_sink, offsets, None, out)
+    copy_ranges(r2t, rows, win_len, offsets + n_sink, win_start, out)
+    mapped = map_slots(out, to_swa)
+    assert (mapped > 0).all()
+    want = [100 + j for j in range(k)] + [100 + j for j in range(25 - W, 25)]
+    want += [200 + j for j in range(k)] + [200 + j for j in range(9 - W, 9)]
+    assert content(mapped, swa_k) == want
+
+
+def test_op_check_reads_the_swa_buffer_through_the_slot_map(tmp_path):
+    """Evicted positions hold garbage (NaN) in the SWA buffer; the check must still pass on the right output."""
+    from attention_backends.op_check import OpCheck
+    from swaa_sglang import swaa_attention
+
+    cfg = SWAAConfig(sliding_window_size=5, keep_first=2, evict_window=True)
+    g = torch.Generator().manual_seed(0)
+    hq, hk, d, L = 2, 1, 4, 20
+    full_k, full_v = torch.randn(32, hk, d, generator=g), torch.randn(32, hk, d, generator=g)
+    r2t = torch.randperm(31, generator=g)[:L].add(1).view(1, L)
+    # SWA buffer: live positions (sinks + window of the next query) at their translated slots, NaN elsewhere
+    mapping = torch.zeros(33, dtype=torch.int64)
+    swa_k, swa_v = torch.full((16, hk, d), float("nan")), torch.full((16, hk, d), float("nan"))
+    live = list(range(2)) + list(range(L - 5, L))
+    for n, pos in enumerate(live, start=1):
+        mapping[r2t[0, pos]] = n
+        swa_k[n], swa_v[n] = full_k[r2t[0, pos]], full_v[r2t[0, pos]]
+    q = torch.randn(1, hq, d, generator=g)
+    slots = r2t[0].long()
+    out = swaa_attention(q, full_k[slots], full_v[slots], cfg, 0, torch.tensor([L - 1]), torch.arange(L), decode=True,
+                         scale=0.5)
+    fb = types.SimpleNamespace(seq_lens=torch.tensor([L]), req_pool_indices=torch.tensor([0]))
+    layer = types.SimpleNamespace(tp_q_head_num=hq, head_dim=d, layer_id=0, scaling=0.5)
+    path = tmp_path / "check.jsonl"
+    check = OpCheck(cfg, str(path), budget=2)
+    check.check("decode", layer, out.reshape(1, -1), q.reshape(1, -1), (swa_k, swa_v), r2t, fb,
+                slot_map=lambda s: mapping[s.long()])
+    check.check("decode", layer, torch.zeros_like(out).reshape(1, -1), q.reshape(1, -1), (swa_k, swa_v), r2t, fb,
+                slot_map=lambda s: mapping[s.long()])
+    rec = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rec[0]["rel_err"] < 1e-6 and rec[1]["rel_err"] > 0.5

@@ -1,0 +1,164 @@
+"""Window eviction in a real sglang.Engine (GPU host; not run on the CPU suite).
+
+Qwen3-0.6B shapes with dummy weights (``benchmarks/models/qwen3-0.6b``), W = 64, k = 4, every
+layer windowed (the last one is kept whole in the full pool, EVICTION.md), eviction on vs off:
+
+* the same requests give token-identical greedy outputs wherever the computation has the same
+  shapes in both runs (FlashInfer and the GEMMs are then bitwise deterministic). With the radix
+  cache, eviction legitimately shortens some prefix hits (a hit needs its window's KV; SGLang
+  frees the middle of a finished request), which changes extend shapes and hence bf16 rounding:
+  identity is asserted for every request up to the first one whose cached-token count differs
+  between the runs, and the counts are reported;
+* the in-server op check (``SWAA_OP_CHECK_FILE``) recomputes attention calls in float64 from the
+  buffer each layer reads (the SWA pool through the translated slots on windowed layers): every
+  call must agree, also for prefills over an evicted, reused prefix;
+* after the requests finish, SGLang's idle self-check (``SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_IDLE``,
+  on by default) verifies that both pools are whole again (available + cached == size; a leak
+  raises in the scheduler), ``flush_cache`` succeeds, and the engine still serves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from swaa_sglang import SWAAConfig
+
+pytestmark = [pytest.mark.gpu, pytest.mark.slow]
+
+MODEL = str(Path(__file__).resolve().parents[1] / "benchmarks" / "models" / "qwen3-0.6b")
+W, K = 64, 4
+
+
+@pytest.fixture(autouse=True)
+def _gpu():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+
+
+def _requests(seed: int = 0):
+    """Round 1: prompts of 100-1500 tokens cut from 3 shared documents (prefix hits), 80-300 new tokens.
+    Round 2: prefixes of round-1 prompts plus new tails (reuse after round 1 finished and was evicted)."""
+    rng = random.Random(seed)
+    docs = [[rng.randrange(100, 30000) for _ in range(1500)] for _ in range(3)]
+    round1 = []
+    for i in range(9):
+        n = rng.randint(100, 1500)
+        round1.append((docs[i % 3][:n], rng.randint(80, 300)))
+    round2 = []
+    for prompt, _ in round1[:6]:
+        cut = rng.randint(len(prompt) // 2, len(prompt))
+        round2.append((prompt[:cut] + [rng.randrange(100, 30000) for _ in range(rng.randint(1, 60))], rng.randint(80, 150)))
+    return round1, round2
+
+
+def _engine(evict: bool, op_check: Path | None = None, **kw):
+    import sglang
+
+    config = SWAAConfig(sliding_window_size=W, keep_first=K, evict_window=evict)
+    if op_check is not None:
+        os.environ["SWAA_OP_CHECK_FILE"] = str(op_check)
+        os.environ["SWAA_OP_CHECK_MAX"] = "600"
+    kwargs = dict(model_path=MODEL, load_format="dummy", skip_tokenizer_init=True, attention_backend="swaa",
+                  json_model_override_args=json.dumps({"swaa": config.to_dict()}), mem_fraction_static=0.3,
+                  chunked_prefill_size=256, log_level="error")
+    kwargs.update(kw)
+    try:
+        return sglang.Engine(**kwargs)
+    finally:
+        os.environ.pop("SWAA_OP_CHECK_FILE", None)
+
+
+def _gen(engine, reqs, batched: bool):
+    params = [{"temperature": 0, "max_new_tokens": n, "ignore_eos": True} for _, n in reqs]
+    prompts = [p for p, _ in reqs]
+    if batched:
+        outs = engine.generate(input_ids=prompts, sampling_params=params)
+    else:  # one at a time: each request's shapes depend only on its own cache hit
+        outs = [engine.generate(input_ids=p, sampling_params=s) for p, s in zip(prompts, params)]
+    return [(o["output_ids"], o["meta_info"].get("cached_tokens", 0)) for o in outs]
+
+
+def _pools_whole(engine) -> None:
+    """Idle long enough for SGLang's idle invariant check (raises in the scheduler on a leaked slot
+    of either pool), empty the cache, and prove the scheduler is alive."""
+    time.sleep(3)
+    assert engine.flush_cache().success
+    out = engine.generate(input_ids=[1, 2, 3, 4, 5], sampling_params={"max_new_tokens": 2})
+    assert len(out["output_ids"]) == 2
+
+
+def _run(evict: bool, batched: bool, op_check: Path | None = None, **kw):
+    round1, round2 = _requests()
+    engine = _engine(evict, op_check, **kw)
+    try:
+        out1 = _gen(engine, round1, batched)
+        out2 = _gen(engine, round2, batched)
+        _pools_whole(engine)
+        info = engine.get_server_info()
+    finally:
+        engine.shutdown()
+    return out1 + out2, info
+
+
+def _identical_until_shapes_differ(on, off) -> int:
+    """Assert token identity for every request up to the first whose cached-token count differs."""
+    n = 0
+    for i, ((ids_on, hit_on), (ids_off, hit_off)) in enumerate(zip(on, off)):
+        if hit_on != hit_off:
+            break
+        assert ids_on == ids_off, f"request {i}: eviction changed the greedy output (same cache hit {hit_on})"
+        n += 1
+    return n
+
+
+def test_chunk_cache_eviction_is_token_identical_with_cuda_graphs():
+    """No radix cache: SGLang's SWA chunk cache frees the window's past during chunked prefill and
+    decode; shapes are identical in both runs, so every output must be identical. CUDA graphs on."""
+    on, info = _run(True, batched=True, disable_radix_cache=True)
+    off, _ = _run(False, batched=True, disable_radix_cache=True)
+    assert info["radix_cache_backend"] == "swaa"
+    assert all(len(ids) == n for (ids, _), (_, n) in zip(on, _requests()[0] + _requests()[1]))
+    assert [ids for ids, _ in on] == [ids for ids, _ in off]
+
+
+def test_radix_cache_eviction_reuses_prefixes_exactly(tmp_path):
+    """Radix cache with prefix reuse, eager (no CUDA graphs), op check on in the eviction run."""
+    log = tmp_path / "opcheck.jsonl"
+    on, info = _run(True, batched=False, op_check=log, disable_cuda_graph=True)
+    off, _ = _run(False, batched=False, disable_cuda_graph=True)
+    assert info["radix_cache_backend"] == "swaa"
+    same = _identical_until_shapes_differ(on, off)
+    hits_on = [h for _, h in on]
+    hits_off = [h for _, h in off]
+    print(f"\nidentical for the first {same}/{len(on)} requests; cached tokens on={hits_on} off={hits_off}")
+    assert same >= 1
+    assert any(h > K for h in hits_on), "no prefix reuse beyond the sinks with eviction on"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {r["mode"] for r in records} == {"extend", "decode"}
+    assert all(r["finite"] for r in records)
+    bad = [r for r in records if r["rel_err"] > 1e-2]
+    assert not bad, bad[:5]
+    # long sequences were checked: windowed reads through evicted pools
+    assert max(r["max_seq_len"] for r in records) > 4 * W
+
+
+def test_radix_cache_eviction_batched_with_cuda_graphs(tmp_path):
+    """Batched, CUDA graphs on (decode replays re-plan the translated index lists), op check on
+    (eager calls only); identity where the batch hit the cache the same way."""
+    log = tmp_path / "opcheck.jsonl"
+    on, _ = _run(True, batched=True, op_check=log)
+    off, _ = _run(False, batched=True)
+    round1 = len(_requests()[0])
+    if [h for _, h in on[:round1]] == [h for _, h in off[:round1]]:
+        assert [ids for ids, _ in on[:round1]] == [ids for ids, _ in off[:round1]]
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert records and all(r["finite"] for r in records)
+    bad = [r for r in records if r["rel_err"] > 1e-2]
+    assert not bad, bad[:5]
