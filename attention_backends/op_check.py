@@ -1,7 +1,7 @@
 """In-server op check: compare the backend's attention outputs with the float64 reference.
 
 Off unless ``SWAA_OP_CHECK_FILE`` names a file. Then the first ``SWAA_OP_CHECK_MAX``
-(default 64) eager sliding-layer calls of each worker recompute attention with
+(default 64) eager sliding-layer calls per mode (extend, decode) of each worker recompute attention with
 ``swaa_sglang.reference.swaa_attention`` from the KV pool itself and append one JSON
 line per call (mode, layer, relative error, batch shape) to the file. It runs inside
 a real server or Engine, so it checks what was served, for any model, page size,
@@ -23,15 +23,16 @@ from swaa_sglang.reference import swaa_attention, visibility_mask
 
 class OpCheck:
     def __init__(self, config: SWAAConfig, path: str, budget: int):
-        self.config, self.path, self.budget = config, path, budget
+        # per mode: long prompts must not use up the budget before any decode call is checked
+        self.config, self.path, self.budget = config, path, {"extend": budget, "decode": budget}
 
     @classmethod
     def from_env(cls, config: SWAAConfig) -> Optional["OpCheck"]:
         path = os.environ.get("SWAA_OP_CHECK_FILE")
         return cls(config, path, int(os.environ.get("SWAA_OP_CHECK_MAX", "64"))) if path else None
 
-    def wanted(self) -> bool:
-        return self.budget > 0 and not torch.cuda.is_current_stream_capturing()
+    def wanted(self, mode: str) -> bool:
+        return self.budget[mode] > 0 and not torch.cuda.is_current_stream_capturing()
 
     def check(self, mode: str, layer, out: torch.Tensor, q: torch.Tensor, kv_cache, req_to_token, forward_batch,
               slot_map=None) -> None:
@@ -43,7 +44,7 @@ class OpCheck:
         stale or freed): those keys are zeroed before the reference runs, so they cannot leak
         NaN/inf into it; they are masked out anyway.
         """
-        self.budget -= 1
+        self.budget[mode] -= 1
         hq, d = layer.tp_q_head_num, layer.head_dim
         k_buf, v_buf = kv_cache
         q = q.reshape(-1, hq, d)

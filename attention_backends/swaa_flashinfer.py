@@ -224,7 +224,7 @@ class SWAAFlashInferBackend(FlashInferAttnBackend):
         return o
 
     def _maybe_check(self, mode: str, layer: RadixAttention, o, q, forward_batch: ForwardBatch) -> None:
-        if self.op_check is not None and self.op_check.wanted():
+        if self.op_check is not None and self.op_check.wanted(mode):
             self.op_check.check(mode, layer, o, q, self.token_to_kv_pool.get_kv_buffer(layer.layer_id),
                                 self.req_to_token_pool.req_to_token, forward_batch,
                                 slot_map=self._slot_map(layer.layer_id in self.swa_pool_layers))

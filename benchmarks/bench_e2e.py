@@ -59,7 +59,9 @@ def measure(setting: str, a) -> dict:
     engine = _engine(setting, a.model, max(a.lengths) + a.decode_tokens + 64, a.mem, {})
     row = {"setting": setting, "startup_s": time.perf_counter() - t0, "single": [], "offline": None}
     try:
-        _gen(engine, [_ids(rng, 1024)], 8)  # warm-up
+        # warm-up at the shortest length: a full prefill chunk and a decode run, so that first-use
+        # costs (kernel JIT, Triton specialisation, allocator growth) stay out of the first row
+        _gen(engine, [_ids(rng, min(a.lengths))], a.decode_tokens + 1)
         for n in tqdm(a.lengths, desc=f"{setting} single"):
             # fresh random prompts: no radix-cache hits
             ttft = min(_gen(engine, [_ids(rng, n)], 1) for _ in range(a.repeats))
@@ -97,8 +99,12 @@ def main() -> None:
         a.offline_requests, a.offline_len = 8, 8192
     import torch
 
+    import flashinfer
+    import sglang
+
     result = {"meta": {"gpu": torch.cuda.get_device_name(), "date": date.today().isoformat(),
-                       "model": a.model, "argv": sys.argv}, "rows": []}
+                       "model": a.model, "argv": sys.argv, "sglang": sglang.__version__,
+                       "flashinfer": flashinfer.__version__, "torch": torch.__version__}, "rows": []}
     for setting in a.settings.split(","):
         result["rows"].append(measure(setting, a))
         if a.out:

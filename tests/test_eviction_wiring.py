@@ -152,7 +152,7 @@ def test_check_model_accepts_our_window_only():
 
 
 def _args(config: SWAAConfig, **kw):
-    return types.SimpleNamespace(json_model_override_args=with_config(None, config), **kw)
+    return types.SimpleNamespace(json_model_override_args=with_config(None, config), attention_backend="swaa", **kw)
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,7 @@ def _batch(cfg: SWAAConfig, layer_id: int, mode: str):
 def test_right_output_passes_wrong_output_is_flagged(tmp_path):
     cfg = SWAAConfig(sliding_window_size=5, keep_first=2, force_fa_decode=[1])
     path = tmp_path / "check.jsonl"
-    check = OpCheck(cfg, str(path), budget=4)
+    check = OpCheck(cfg, str(path), budget=2)  # per mode
     for mode in ("extend", "decode"):
         layer, out, q, kv, r2t, fb = _batch(cfg, 0, mode)
         check.check(mode, layer, out, q, kv, r2t, fb)
@@ -47,7 +47,7 @@ def test_right_output_passes_wrong_output_is_flagged(tmp_path):
     assert records[0]["rel_err"] < 1e-6 and records[2]["rel_err"] < 1e-6
     assert records[1]["rel_err"] > 1e-2 and records[3]["rel_err"] > 1e-2
     assert records[0]["tokens"] == 29 and records[2]["batch"] == 2
-    assert check.budget == 0 and not check.wanted()
+    assert check.budget == {"extend": 0, "decode": 0} and not check.wanted("extend") and not check.wanted("decode")
 
 
 def test_off_without_env(monkeypatch):
@@ -55,4 +55,4 @@ def test_off_without_env(monkeypatch):
     assert OpCheck.from_env(SWAAConfig(4)) is None
     monkeypatch.setenv("SWAA_OP_CHECK_FILE", "/tmp/x.jsonl")
     monkeypatch.setenv("SWAA_OP_CHECK_MAX", "3")
-    assert OpCheck.from_env(SWAAConfig(4)).budget == 3
+    assert OpCheck.from_env(SWAAConfig(4)).budget == {"extend": 3, "decode": 3}

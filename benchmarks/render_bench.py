@@ -1,0 +1,154 @@
+"""Render op and end-to-end benchmark JSON into a markdown table and PNG plots.
+
+    python benchmarks/render_bench.py --ops benchmarks/results/ops_h100_2026-11-28.json \\
+        --e2e benchmarks/results/e2e_qwen3-4b_h100_2026-11-28.json --out benchmarks/results/speed_h100_2026-11-28
+
+writes ``<out>.md`` and ``<out>_ops.png`` / ``<out>_e2e.png`` (plots need matplotlib).
+Ratios are computed here from the measured times; targets are the issue's goals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Optional
+
+# (what, goal) as stated in the issues; printed next to the measured ratio
+PREFILL_GOAL = 1.15  # SWAA prefill time / window-only time at 128K
+PREFILL_VS_FULL_GOAL = 17.0
+DECODE_GOAL = 10.0  # full decode / SWAA decode, 32 x 32K
+TTFT_GOAL = 5.5  # vanilla / swaa TTFT at 128K (all layers sliding)
+DECODE_E2E_GOAL = 2.5  # swaa / vanilla decode tok/s at 128K
+
+
+def _k(n: int) -> str:
+    return f"{n // 1024}K" if n % 1024 == 0 else str(n)
+
+
+def ops_markdown(ops: dict) -> list[str]:
+    m = ops["meta"]
+    lines = [f"### Attention op ({m['gpu']}, {m['date']}, flashinfer {m['flashinfer']}, torch {m['torch']}, "
+             f"heads {m['heads'][0]}/{m['heads'][1]} x {m['heads'][2]})", ""]
+    pre = [r for r in ops["rows"] if r["kind"] == "prefill"]
+    if pre:
+        w, k = pre[0]["window"], pre[0]["sinks"]
+        lines += [f"Prefill of one sequence, sliding layer W={w}, k={k} (ms; ratios from these times):", "",
+                  "| backend | tokens | full causal | window only | SWAA 2-pass | SWAA fused | best SWAA / window | full / best SWAA |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in pre:
+            fused = r.get("swaa_fused_ms")
+            best = min(r["swaa_ms"], fused) if fused else r["swaa_ms"]
+            lines.append(f"| {r.get('backend', 'fa2')} | {_k(r['tokens'])} | {r['full_ms']:.2f} | {r['window_ms']:.2f} | "
+                         f"{r['swaa_ms']:.2f} | {fused:.2f} | {best / r['window_ms']:.3f} | {r['full_ms'] / best:.1f} |"
+                         if fused else
+                         f"| {r.get('backend', 'fa2')} | {_k(r['tokens'])} | {r['full_ms']:.2f} | {r['window_ms']:.2f} | "
+                         f"{r['swaa_ms']:.2f} | - | {best / r['window_ms']:.3f} | {r['full_ms'] / best:.1f} |")
+        lines += ["", f"Goals at 128K: best SWAA / window <= {PREFILL_GOAL}, full / SWAA >= {PREFILL_VS_FULL_GOAL}.", ""]
+    dec = [r for r in ops["rows"] if r["kind"] == "decode"]
+    if dec:
+        lines += ["Decode (one step, ms):", "", "| batch x context | full | SWAA (sinks ++ window) | full / SWAA |",
+                  "|---|---|---|---|"]
+        for r in dec:
+            lines.append(f"| {r['batch']} x {_k(r['context'])} | {r['full_ms']:.3f} | {r['swaa_ms']:.3f} | "
+                         f"{r['full_ms'] / r['swaa_ms']:.1f} |")
+        lines += ["", f"Goal: 32 x 32K at least {DECODE_GOAL}x.", ""]
+    return lines
+
+
+def e2e_markdown(e2e: dict) -> list[str]:
+    m = e2e["meta"]
+    rows = {r["setting"]: r for r in e2e["rows"]}
+    lines = [f"### End to end ({m['gpu']}, {m['date']}, {Path(m['model']).name} shape, dummy weights, one request)", "",
+             f"Command: `{' '.join(m.get('argv', []))}`", "",
+             "| setting | prompt | TTFT s | TTFT speed-up | decode tok/s | decode speed-up |", "|---|---|---|---|---|---|"]
+    base = {s["prompt_tokens"]: s for s in rows.get("vanilla", {"single": []})["single"]}
+    for name, r in rows.items():
+        for s in r["single"]:
+            b = base.get(s["prompt_tokens"])
+            up = f"{b['ttft_s'] / s['ttft_s']:.2f}x" if b and name != "vanilla" else "-"
+            dup = f"{s['decode_tok_s'] / b['decode_tok_s']:.2f}x" if b and name != "vanilla" else "-"
+            lines.append(f"| {name} | {_k(s['prompt_tokens'])} | {s['ttft_s']:.3f} | {up} | {s['decode_tok_s']:.1f} | {dup} |")
+        if r.get("offline"):
+            o = r["offline"]
+            lines.append(f"| {name} | offline {o['requests']} x {_k(o['prompt_tokens'])} -> {o['output_tokens']} | "
+                         f"{o['seconds']:.1f} s total | | {o['output_tok_s']:.1f} | |")
+    lines += ["", f"Goals at 128K (all layers sliding, W=2048, k=100): TTFT >= {TTFT_GOAL}x, "
+              f"decode >= {DECODE_E2E_GOAL}x vanilla.", ""]
+    return lines
+
+
+def plot(ops: Optional[dict], e2e: Optional[dict], out: str) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plots (pip install 'swaa-sglang[bench]')")
+        return []
+    written = []
+    if ops:
+        pre = [r for r in ops["rows"] if r["kind"] == "prefill"]
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for backend in sorted({r.get("backend", "fa2") for r in pre}):
+            rs = [r for r in pre if r.get("backend", "fa2") == backend]
+            n = [r["tokens"] for r in rs]
+            ax.plot(n, [r["full_ms"] for r in rs], "o-", label=f"full causal ({backend})")
+            ax.plot(n, [r["window_ms"] for r in rs], "s--", label=f"window only ({backend})")
+            ax.plot(n, [min(r["swaa_ms"], r.get("swaa_fused_ms", r["swaa_ms"])) for r in rs], "^-",
+                    label=f"SWAA window+sinks ({backend})")
+        ax.set(xscale="log", yscale="log", xlabel="prompt tokens", ylabel="ms per layer",
+               title=f"Sliding-layer prefill, {ops['meta']['gpu']}")
+        ax.set_xticks([r["tokens"] for r in pre if r.get("backend", "fa2") == pre[0].get("backend", "fa2")])
+        ax.set_xticklabels([_k(r["tokens"]) for r in pre if r.get("backend", "fa2") == pre[0].get("backend", "fa2")])
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(f"{out}_ops.png", dpi=120)
+        plt.close(fig)
+        written.append(f"{out}_ops.png")
+    if e2e:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        for r in e2e["rows"]:
+            n = [s["prompt_tokens"] for s in r["single"]]
+            a1.plot(n, [s["ttft_s"] for s in r["single"]], "o-", label=r["setting"])
+            a2.plot(n, [s["decode_tok_s"] for s in r["single"]], "o-", label=r["setting"])
+        for a, ylabel, title in ((a1, "seconds", "time to first token"), (a2, "tokens/s", "decode, one request")):
+            a.set(xscale="log", xlabel="prompt tokens", ylabel=ylabel, title=title)
+            ticks = [s["prompt_tokens"] for s in e2e["rows"][0]["single"]]
+            a.set_xticks(ticks)
+            a.set_xticklabels([_k(t) for t in ticks])
+            a.legend()
+        a1.set_yscale("log")
+        fig.suptitle(f"{Path(e2e['meta']['model']).name} shape, {e2e['meta']['gpu']}, {e2e['meta']['date']}")
+        fig.tight_layout()
+        fig.savefig(f"{out}_e2e.png", dpi=120)
+        plt.close(fig)
+        written.append(f"{out}_e2e.png")
+    return written
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ops", help="JSON from bench_attention_ops.py")
+    p.add_argument("--e2e", help="JSON from bench_e2e.py")
+    p.add_argument("--out", required=True, help="output prefix: writes <out>.md and PNGs")
+    a = p.parse_args()
+    if not (a.ops or a.e2e):
+        p.error("give --ops and/or --e2e")
+    ops = json.loads(Path(a.ops).read_text()) if a.ops else None
+    e2e = json.loads(Path(a.e2e).read_text()) if a.e2e else None
+    lines = ["# Speed: SWAA against vanilla SGLang / FlashInfer", ""]
+    if ops:
+        lines += ops_markdown(ops)
+    if e2e:
+        lines += e2e_markdown(e2e)
+    pngs = plot(ops, e2e, a.out)
+    lines += [f"![{Path(x).stem}]({Path(x).name})" for x in pngs]
+    Path(f"{a.out}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {a.out}.md", *pngs)
+
+
+if __name__ == "__main__":
+    main()
