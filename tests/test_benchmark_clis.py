@@ -20,3 +20,29 @@ def test_help(script, words):
     assert r.returncode == 0, r.stderr[-2000:]
     for w in words:
         assert w in r.stdout
+
+
+def test_render_bench_computes_ratios_from_the_json(tmp_path):
+    """The renderer's speed-ups come from the measured times (two made-up rows, checked by hand)."""
+    import json
+
+    ops = {"meta": {"gpu": "G", "date": "d", "flashinfer": "f", "torch": "t", "heads": [32, 8, 128]},
+           "rows": [{"kind": "prefill", "backend": "fa2", "tokens": 131072, "window": 2048, "sinks": 100,
+                     "full_ms": 400.0, "window_ms": 10.0, "swaa_ms": 12.0, "swaa_fused_ms": 11.0},
+                    {"kind": "decode", "batch": 32, "context": 32768, "full_ms": 1.5, "swaa_ms": 0.1}]}
+    e2e = {"meta": {"gpu": "G", "date": "d", "model": "/x/qwen3-4b", "argv": ["bench_e2e.py"]},
+           "rows": [{"setting": "vanilla", "single": [{"prompt_tokens": 131072, "ttft_s": 15.0, "decode_tok_s": 90.0}]},
+                    {"setting": "sink100-2k", "single": [{"prompt_tokens": 131072, "ttft_s": 2.5,
+                                                          "decode_tok_s": 225.0}]}]}
+    (tmp_path / "ops.json").write_text(json.dumps(ops))
+    (tmp_path / "e2e.json").write_text(json.dumps(e2e))
+    out = tmp_path / "speed"
+    r = subprocess.run([sys.executable, str(BENCH / "render_bench.py"), "--ops", str(tmp_path / "ops.json"),
+                        "--e2e", str(tmp_path / "e2e.json"), "--out", str(out)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    md = (tmp_path / "speed.md").read_text()
+    assert "| fa2 | 128K | 400.00 | 10.00 | 12.00 | 11.00 | 1.100 | 36.4 |" in md
+    assert "| 32 x 32K | 1.500 | 0.100 | 15.0 |" in md
+    assert "| sink100-2k | 128K | 2.500 | 6.00x | 225.0 | 2.50x |" in md
+    assert (tmp_path / "speed_ops.png").stat().st_size > 1000 and (tmp_path / "speed_e2e.png").stat().st_size > 1000
