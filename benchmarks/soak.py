@@ -374,23 +374,23 @@ def print_table(report: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 epilog="Example: python benchmarks/soak.py --launch '--swaa-preset balanced "
                                 "--model-path Qwen/Qwen3-4B-Instruct-2507' --requests 1000 --concurrency 64")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="a running server, e.g. http://127.0.0.1:30000")
     where.add_argument("--launch", metavar="ARGS", help="start python -m swaa_sglang.launch_server ARGS here")
     p.add_argument("--port", type=int, default=30000, help="port for --launch")
-    p.add_argument("--launch-timeout", type=float, default=900)
-    p.add_argument("--server-log", default="soak_server.log")
+    p.add_argument("--launch-timeout", type=float, default=900, help="seconds to wait for /health after --launch")
+    p.add_argument("--server-log", default="soak_server.log", help="where the --launch server writes its output")
     p.add_argument("--faults", action="store_true", help="run the fault sequence instead of the soak")
-    p.add_argument("--requests", type=int, default=1000)
-    p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--min-len", type=int, default=1)
-    p.add_argument("--max-len", type=int, default=32768)
+    p.add_argument("--requests", type=int, default=1000, help="soak: number of requests")
+    p.add_argument("--concurrency", type=int, default=64, help="soak: requests in flight at once")
+    p.add_argument("--min-len", type=int, default=1, help="shortest prompt (tokens); lengths are log-uniform")
+    p.add_argument("--max-len", type=int, default=32768, help="longest prompt (tokens)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="max_new_tokens drawn uniformly in 1..this")
     p.add_argument("--shared-frac", type=float, default=0.3, help="share of prompts starting with a common prefix")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (prompt lengths, token ids, output lengths)")
     p.add_argument("--timeout", type=float, default=1800, help="per-request timeout (s)")
     p.add_argument("--fault-timeout", type=float, default=30,
                    help="how long the absurd-max_new_tokens request may run before the client gives up (s)")
