@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run on the GPU host after the offline stack is in /tmp/site (../shared/gpu/README.md):
-#   bash benchmarks/gpu_host.sh [install] [ops] [tests] [models] [examples] [eviction] [bench] [e2e] [soak] [faults] [determinism]
+#   bash benchmarks/gpu_host.sh [install] [ops] [tests] [models] [examples] [eviction] [bench] [e2e] [soak] [faults] [determinism] [concurrency]
 #   (default: ops tests models bench)
 # Installs this checkout into /tmp/site the way SGLang finds plugins (entry point
 # metadata), then runs the gpu-marked tests and the op benchmark; logs go to $OUT.
@@ -31,6 +31,7 @@ for step in $steps; do
     soak)  python3 benchmarks/soak.py --launch "--model-path benchmarks/models/qwen3-4b-2507 --load-format dummy --skip-tokenizer-init --swaa-preset ${SOAK_PRESET:-sink100-2k} --mem-fraction-static 0.8 ${SOAK_ARGS:-}" --server-log "$SWAA_RESULTS_DIR/soak_server$tag.log" ${SOAK_CLIENT_ARGS:---requests 1000 --concurrency 64} --out "$SWAA_RESULTS_DIR/soak$tag.json" 2>&1 | tee "$SWAA_RESULTS_DIR/soak$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
     faults) python3 benchmarks/soak.py --faults --launch "--model-path benchmarks/models/qwen3-4b-2507 --load-format dummy --skip-tokenizer-init --swaa-preset ${SOAK_PRESET:-sink100-2k} --mem-fraction-static 0.8 --context-length 40960 ${SOAK_ARGS:-}" --server-log "$SWAA_RESULTS_DIR/faults_server$tag.log" --out "$SWAA_RESULTS_DIR/faults$tag.json" 2>&1 | tee "$SWAA_RESULTS_DIR/faults$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
     determinism) python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_determinism.py ${PYTEST_ARGS:-} 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_determinism$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
+    concurrency) python3 benchmarks/bench_concurrency.py ${CONC_ARGS:-} --out "$SWAA_RESULTS_DIR/concurrency$tag.json" 2>&1 | tee "$SWAA_RESULTS_DIR/concurrency$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
     install) ;;
     bench) python3 benchmarks/bench_attention_ops.py ${BENCH_ARGS:-} --out "$SWAA_RESULTS_DIR/ops$tag.json" 2>&1 | tee "$SWAA_RESULTS_DIR/bench_ops$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
   esac

@@ -14,6 +14,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.mark.parametrize("script, words", [
     ("bench_attention_ops.py", ["--window", "--sinks", "--backends", "--quick", "--out"]),
     ("bench_e2e.py", ["--settings", "--lengths", "--offline-requests", "--quick", "--out"]),
+    ("bench_concurrency.py", ["--settings", "--requests", "--prompt-len", "--output-len", "--time-limit", "+evict"]),
 ])
 def test_help(script, words):
     r = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=300)
@@ -46,3 +47,20 @@ def test_render_bench_computes_ratios_from_the_json(tmp_path):
     assert "| 32 x 32K | 1.500 | 0.100 | 15.0 |" in md
     assert "| sink100-2k | 128K | 2.500 | 6.00x | 225.0 | 2.50x |" in md
     assert (tmp_path / "speed_ops.png").stat().st_size > 1000 and (tmp_path / "speed_e2e.png").stat().st_size > 1000
+
+
+def test_concurrency_peak_and_settings():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from bench_concurrency import _config_json, peak_overlap
+    finally:
+        sys.path.remove(str(BENCH))
+    assert peak_overlap([]) == 0
+    assert peak_overlap([(0, 5), (1, 2), (2, 3), (4, 6)]) == 2  # touching intervals do not overlap
+    assert peak_overlap([(0, 10)] * 3 + [(10, 11)]) == 3
+    import json
+
+    assert json.loads(_config_json("sink100-2k+evict"))["swaa"]["evict_window"] is True
+    assert "evict_window" not in json.loads(_config_json("sink100-2k"))["swaa"]
+    with pytest.raises(ValueError, match=r"settings: unknown suffix '\+fast'"):
+        _config_json("sink100-2k+fast")

@@ -1,0 +1,157 @@
+"""Concurrency benchmark: many long requests at once, vanilla SGLang against SWAA with window eviction (GPU).
+
+For each setting one ``sglang.Engine`` (dummy weights, default Qwen3-4B-Instruct-2507
+shape) gets ``--requests`` requests of ``--prompt-len`` tokens and ``--output-len`` new
+tokens, all submitted at once and streamed. Per request it records when the first token
+and the last token arrived; from those it reports
+
+* the peak number of requests decoding at the same time (observed concurrency: how many
+  long requests the KV pool admitted together),
+* output tokens/s over the whole run, and the KV pool size (``max_total_num_tokens``).
+
+A run that passes ``--time-limit`` stops waiting and reports what finished (marked
+``partial``), so a slow baseline still yields a number inside a device-time budget.
+
+    python benchmarks/bench_concurrency.py --settings vanilla,sink100-2k+evict --out conc.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def peak_overlap(intervals: list[tuple[float, float]]) -> int:
+    """Largest number of ``[start, end)`` intervals that overlap at one instant."""
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals], key=lambda x: (x[0], x[1]))
+    best = cur = 0
+    for _, step in events:
+        cur += step
+        best = max(best, cur)
+    return best
+
+
+def _config_json(setting: str) -> str:
+    """'vanilla' -> no SWAA; 'PRESET' or 'PRESET+evict' -> the preset's config (with eviction on)."""
+    from swaa_sglang.config import SWAAConfig, preset_config
+
+    name, _, extra = setting.partition("+")
+    config = preset_config(name)
+    if extra == "evict":
+        config = SWAAConfig.from_dict({**config.to_dict(), "evict_window": True})
+    elif extra:
+        raise ValueError(f"settings: unknown suffix '+{extra}' in {setting!r}; allowed: '+evict'")
+    return json.dumps({"swaa": config.to_dict()})
+
+
+async def _one(engine, ids: list[int], out_len: int, t0: float) -> dict:
+    first = last = None
+    n = 0
+    params = {"temperature": 0, "max_new_tokens": out_len, "ignore_eos": True}
+    async for chunk in await engine.async_generate(input_ids=ids, sampling_params=params, stream=True):
+        now = time.perf_counter() - t0
+        first = now if first is None else first
+        last = now
+        n = chunk.get("meta_info", {}).get("completion_tokens", n + 1)  # cumulative count
+    return {"first_token_s": first, "done_s": last, "output_tokens": n}
+
+
+async def _drive(engine, prompts, out_len: int, time_limit: float | None, progress) -> tuple[list[dict], float, bool]:
+    t0 = time.perf_counter()
+    tasks = [asyncio.ensure_future(_one(engine, p, out_len, t0)) for p in prompts]
+    done_rows: list[dict] = []
+    pending = set(tasks)
+    deadline = None if time_limit is None else t0 + time_limit
+    while pending:
+        timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
+        done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if not done:  # the time limit passed
+            break
+        for d in done:
+            done_rows.append(d.result())
+            progress(1)
+    elapsed = time.perf_counter() - t0
+    for t in pending:
+        t.cancel()
+    return done_rows, elapsed, bool(pending)
+
+
+def measure(setting: str, a) -> dict:
+    import sglang
+
+    try:
+        from tqdm import tqdm
+    except ImportError:  # progress is optional
+        tqdm = None
+    kwargs = dict(model_path=a.model, load_format="dummy", skip_tokenizer_init=True, mem_fraction_static=a.mem,
+                  context_length=a.prompt_len + a.output_len + 64, chunked_prefill_size=8192, log_level="error")
+    if setting == "vanilla":
+        kwargs["attention_backend"] = "flashinfer"
+    else:
+        kwargs.update(attention_backend="swaa", json_model_override_args=_config_json(setting))
+    rng = random.Random(0)
+    prompts = [[rng.randrange(1000, 100000) for _ in range(a.prompt_len)] for _ in range(a.requests)]
+    t0 = time.perf_counter()
+    engine = sglang.Engine(**kwargs)
+    startup = time.perf_counter() - t0
+    try:
+        info = engine.get_server_info()
+        bar = tqdm(total=a.requests, desc=setting) if tqdm else None
+        # the Engine's own event loop: its tokenizer manager lives there
+        rows, elapsed, partial = engine.loop.run_until_complete(
+            _drive(engine, prompts, a.output_len, a.time_limit, (bar.update if bar else (lambda n: None))))
+        if bar:
+            bar.close()
+    finally:
+        engine.shutdown()
+    out_tokens = sum(r["output_tokens"] for r in rows)
+    return {
+        "setting": setting, "startup_s": startup, "max_total_num_tokens": info.get("max_total_num_tokens"),
+        "requests": a.requests, "completed": len(rows), "partial": partial, "seconds": elapsed,
+        "output_tokens": out_tokens, "output_tok_s": out_tokens / elapsed if elapsed else 0.0,
+        "peak_concurrent_decoding": peak_overlap([(r["first_token_s"], r["done_s"]) for r in rows]),
+        "per_request": rows,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--settings", default="vanilla,sink100-2k+evict",
+                   help="comma list: 'vanilla', a SWAA preset, or PRESET+evict (window eviction on)")
+    p.add_argument("--model", default=str(HERE / "models" / "qwen3-4b-2507"), help="dir with config.json")
+    p.add_argument("--requests", type=int, default=32)
+    p.add_argument("--prompt-len", type=int, default=131072)
+    p.add_argument("--output-len", type=int, default=512)
+    p.add_argument("--mem", type=float, default=0.85, help="mem_fraction_static")
+    p.add_argument("--time-limit", type=float, help="stop waiting after this many seconds per setting (partial)")
+    p.add_argument("--out", help="JSON file (rewritten after each setting)")
+    a = p.parse_args()
+    import torch
+
+    result = {"meta": {"gpu": torch.cuda.get_device_name(), "date": date.today().isoformat(), "model": a.model,
+                       "argv": sys.argv}, "rows": []}
+    for setting in a.settings.split(","):
+        result["rows"].append(measure(setting, a))
+        if a.out:
+            Path(a.out).write_text(json.dumps(result, indent=1))
+    print(f"\n{result['meta']['gpu']}, {result['meta']['date']}, {Path(a.model).name}, dummy weights, "
+          f"{a.requests} x {a.prompt_len} in -> {a.output_len} out")
+    print(f"{'setting':22} {'KV pool tokens':>15} {'done':>7} {'seconds':>8} {'out tok/s':>10} {'peak decoding':>14}")
+    for r in result["rows"]:
+        done = f"{r['completed']}/{r['requests']}" + ("*" if r["partial"] else "")
+        print(f"{r['setting']:22} {str(r['max_total_num_tokens']):>15} {done:>7} {r['seconds']:8.1f} "
+              f"{r['output_tok_s']:10.1f} {r['peak_concurrent_decoding']:14d}")
+    if any(r["partial"] for r in result["rows"]):
+        print("* stopped at --time-limit: throughput over the finished requests only")
+
+
+if __name__ == "__main__":
+    main()
