@@ -101,6 +101,12 @@ def check_server_args(server_args: Any) -> SWAAConfig:
         if _get(server_args, "enable_hierarchical_cache"):
             raise ValueError("enable_hierarchical_cache: not supported with window eviction (evict_window); "
                              "allowed: off")
+        page = _get(server_args, "page_size")
+        if page not in (None, 1):
+            # sinks and windows are page-aligned by the cache code, but only page size 1 has been
+            # driven through the pool/cache tests and the GPU check (EVICTION.md, "Not proven here")
+            raise ValueError(f"page_size: window eviction (evict_window) is verified with page size 1 only; got "
+                             f"{page}; allowed: 1 (or evict_window off, which accepts any page size)")
     elif cache == EVICTION_CACHE:
         raise ValueError(
             f"radix_cache_backend: '{EVICTION_CACHE}' is SWAA's window-eviction cache; turn evict_window on "

@@ -161,11 +161,18 @@ def _args(config: SWAAConfig, **kw):
         (dict(radix_cache_backend="lmcache"), "radix_cache_backend: 'lmcache' does not know SWAA sinks"),
         (dict(disable_hybrid_swa_memory=True), "disable_hybrid_swa_memory: window eviction"),
         (dict(enable_hierarchical_cache=True), "enable_hierarchical_cache: not supported with window eviction"),
+        (dict(page_size=16), "page_size: window eviction \\(evict_window\\) is verified with page size 1 only; got 16"),
     ],
 )
 def test_server_arg_refusals_with_eviction(kw, message):
     with pytest.raises(ValueError, match=message):
         check_server_args(_args(SWAAConfig(64, 4, evict_window=True), **kw))
+
+
+def test_page_size_one_or_unset_is_accepted_with_eviction():
+    for page in (None, 1):
+        check_server_args(_args(SWAAConfig(64, 4, evict_window=True), page_size=page))
+    check_server_args(_args(SWAAConfig(64, 4), page_size=64))  # without eviction any page size
 
 
 def test_eviction_cache_needs_eviction():
