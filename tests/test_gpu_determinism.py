@@ -29,22 +29,13 @@ SLACK = 0.15
 
 
 @pytest.fixture(scope="module")
-def model_dir():
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU")
-    from swaa_sglang.models import default_model_path
-
-    return default_model_path(os.environ.get("SWAA_SMOLLM2_SOURCE"))
-
-
-@pytest.fixture(scope="module")
-def workload(model_dir):
+def workload(smollm2_gpu_path):
     """8 target prompts (essays, 300-700 tokens) and 24 unrelated busy-batch prompts."""
     from transformers import AutoTokenizer
 
     from swaa_sglang.data import essay_texts
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(smollm2_gpu_path)
     words = " ".join(essay_texts()).split()
     rng = random.Random(0)
 
@@ -67,10 +58,10 @@ def _agreement(a: list[int], b: list[int]) -> float:
     return n / max(len(a), len(b), 1)
 
 
-def _scenarios(model_dir, targets, busy, backend: str, **engine_kwargs) -> dict[str, list[list[int]]]:
+def _scenarios(smollm2_gpu_path, targets, busy, backend: str, **engine_kwargs) -> dict[str, list[list[int]]]:
     import sglang
 
-    kwargs = dict(model_path=model_dir, attention_backend=backend, skip_tokenizer_init=True,
+    kwargs = dict(model_path=smollm2_gpu_path, attention_backend=backend, skip_tokenizer_init=True,
                   mem_fraction_static=0.3, log_level="error", **engine_kwargs)
     if backend == "swaa":
         kwargs["json_model_override_args"] = json.dumps({"swaa": CONFIG.to_dict()})
@@ -104,12 +95,12 @@ def _scenarios(model_dir, targets, busy, backend: str, **engine_kwargs) -> dict[
     return out
 
 
-def test_greedy_determinism_against_stock_sglang(model_dir, workload):
+def test_greedy_determinism_against_stock_sglang(smollm2_gpu_path, workload):
     targets, busy = workload
     table: dict[str, dict[str, float]] = {}
     for backend in ("swaa", "flashinfer"):
-        runs = _scenarios(model_dir, targets, busy, backend)
-        no_graph = _scenarios(model_dir, targets, busy, backend, disable_cuda_graph=True)
+        runs = _scenarios(smollm2_gpu_path, targets, busy, backend)
+        no_graph = _scenarios(smollm2_gpu_path, targets, busy, backend, disable_cuda_graph=True)
         runs["CUDA graphs off"] = no_graph["alone"]
         assert runs["repeat"] == runs["alone"], f"{backend}: the same request alone gave different tokens"
         table[backend] = {

@@ -46,21 +46,12 @@ def _results(name: str, data) -> None:
 
 
 @pytest.fixture(scope="module")
-def model_dir():
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU")
-    from swaa_sglang.models import default_model_path
-
-    return default_model_path(os.environ.get("SWAA_SMOLLM2_SOURCE"))
-
-
-@pytest.fixture(scope="module")
-def prompts(model_dir):
+def prompts(smollm2_gpu_path):
     from transformers import AutoTokenizer
 
     from swaa_sglang.data import essay_texts
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(smollm2_gpu_path)
     text = " ".join(essay_texts())
     words = text.split()
     out = []
@@ -72,10 +63,10 @@ def prompts(model_dir):
     return out
 
 
-def _engine_generate(model_dir, prompts, backend: str, config: SWAAConfig | None, max_new=MAX_NEW, ignore_eos=False):
+def _engine_generate(smollm2_gpu_path, prompts, backend: str, config: SWAAConfig | None, max_new=MAX_NEW, ignore_eos=False):
     import sglang
 
-    kwargs = dict(model_path=model_dir, attention_backend=backend, skip_tokenizer_init=True,
+    kwargs = dict(model_path=smollm2_gpu_path, attention_backend=backend, skip_tokenizer_init=True,
                   mem_fraction_static=0.3, log_level="error")
     if config is not None:
         kwargs["json_model_override_args"] = json.dumps({"swaa": config.to_dict()})
@@ -88,29 +79,29 @@ def _engine_generate(model_dir, prompts, backend: str, config: SWAAConfig | None
         )
     finally:
         engine.shutdown()
-    eos = _eos_ids(model_dir)
+    eos = _eos_ids(smollm2_gpu_path)
     return [[t for t in o["output_ids"] if t not in eos] if not ignore_eos else o["output_ids"] for o in outs]
 
 
-def _eos_ids(model_dir) -> set[int]:
+def _eos_ids(smollm2_gpu_path) -> set[int]:
     from transformers import GenerationConfig
 
-    eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
+    eos = GenerationConfig.from_pretrained(smollm2_gpu_path).eos_token_id
     return set(eos if isinstance(eos, list) else [eos])
 
 
-def _hf_generate(model_dir, prompts, config: SWAAConfig | None, max_new=MAX_NEW):
+def _hf_generate(smollm2_gpu_path, prompts, config: SWAAConfig | None, max_new=MAX_NEW):
     from swaa_sglang.hf import load_model
 
     _log(f"hf reference {config.to_json() if config else 'full'}: generating")
-    model = load_model(model_dir, swaa=config, dtype=torch.bfloat16, device=DEVICE)
+    model = load_model(smollm2_gpu_path, swaa=config, dtype=torch.bfloat16, device=DEVICE)
     # one left-padded batch (the reference handles padding; positions stay per sequence)
     width = max(map(len, prompts))
     pad = model.generation_config.pad_token_id or 0
     x = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=DEVICE)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=DEVICE)
     y = model.generate(x, attention_mask=mask, max_new_tokens=max_new, do_sample=False)
-    eos = _eos_ids(model_dir)
+    eos = _eos_ids(smollm2_gpu_path)
     # generate pads finished rows after EOS: keep what precedes the first EOS
     outs = [row[: next((i for i, t in enumerate(row) if t in eos), len(row))] for row in y[:, width:].tolist()]
     del model
@@ -118,7 +109,7 @@ def _hf_generate(model_dir, prompts, config: SWAAConfig | None, max_new=MAX_NEW)
     return outs
 
 
-def _teacher_forced(model_dir, prompts, outputs, config: SWAAConfig | None) -> dict:
+def _teacher_forced(smollm2_gpu_path, prompts, outputs, config: SWAAConfig | None) -> dict:
     """Feed SGLang's tokens to the HF reference: at how many positions is its argmax the same token?
 
     Free-running greedy paths part at the first near-tie; this checks every step on its own.
@@ -126,7 +117,7 @@ def _teacher_forced(model_dir, prompts, outputs, config: SWAAConfig | None) -> d
     """
     from swaa_sglang.hf import load_model, prompt_length
 
-    model = load_model(model_dir, swaa=config, dtype=torch.bfloat16, device=DEVICE)
+    model = load_model(smollm2_gpu_path, swaa=config, dtype=torch.bfloat16, device=DEVICE)
     same = total = 0
     with torch.no_grad():
         for ids, out in zip(prompts, outputs):
@@ -153,19 +144,19 @@ def _agreement(a: list[list[int]], b: list[list[int]]) -> dict:
     return {"mean_prefix_agreement": sum(fracs) / len(fracs), "exact": exact, "n": len(a)}
 
 
-def test_engine_against_hf_reference(model_dir, prompts):
-    stock = _engine_generate(model_dir, prompts, "flashinfer", None)
-    off = _engine_generate(model_dir, prompts, "swaa", SWAAConfig())
+def test_engine_against_hf_reference(smollm2_gpu_path, prompts):
+    stock = _engine_generate(smollm2_gpu_path, prompts, "flashinfer", None)
+    off = _engine_generate(smollm2_gpu_path, prompts, "swaa", SWAAConfig())
     assert off == stock, "SWAA switched off must equal the stock flashinfer backend token for token"
-    baseline = _agreement(stock, _hf_generate(model_dir, prompts, None))
-    forced_baseline = _teacher_forced(model_dir, prompts, stock, None)
+    baseline = _agreement(stock, _hf_generate(smollm2_gpu_path, prompts, None))
+    forced_baseline = _teacher_forced(smollm2_gpu_path, prompts, stock, None)
     report = {"stock_vs_hf": baseline, "stock_vs_hf_teacher_forced": forced_baseline, "configs": {}}
     for name, cfg in CONFIGS.items():
-        ours = _engine_generate(model_dir, prompts, "swaa", cfg)
-        ref = _hf_generate(model_dir, prompts, cfg)
+        ours = _engine_generate(smollm2_gpu_path, prompts, "swaa", cfg)
+        ref = _hf_generate(smollm2_gpu_path, prompts, cfg)
         agree = _agreement(ours, ref)
         vs_full = _agreement(ours, stock)
-        forced = _teacher_forced(model_dir, prompts, ours, cfg)
+        forced = _teacher_forced(smollm2_gpu_path, prompts, ours, cfg)
         report["configs"][name] = {"config": cfg.to_dict(), "vs_hf": agree, "vs_hf_teacher_forced": forced,
                                    "vs_full_attention": vs_full}
         _results("engine_vs_hf", report)
@@ -182,11 +173,11 @@ def _distinct_n(ids: list[int], n: int) -> float:
     return len(set(grams)) / max(len(grams), 1)
 
 
-def test_long_generation_stays_varied(model_dir, prompts):
+def test_long_generation_stays_varied(smollm2_gpu_path, prompts):
     long_prompt = [prompts[-1]]
-    full = _engine_generate(model_dir, long_prompt, "flashinfer", None, max_new=2000, ignore_eos=True)[0]
+    full = _engine_generate(smollm2_gpu_path, long_prompt, "flashinfer", None, max_new=2000, ignore_eos=True)[0]
     cfg = SWAAConfig(sliding_window_size=256, keep_first=4)
-    ours = _engine_generate(model_dir, long_prompt, "swaa", cfg, max_new=2000, ignore_eos=True)[0]
+    ours = _engine_generate(smollm2_gpu_path, long_prompt, "swaa", cfg, max_new=2000, ignore_eos=True)[0]
     report = {
         "config": cfg.to_dict(), "tokens": len(ours),
         "distinct": {n: {"swaa": _distinct_n(ours, n), "full": _distinct_n(full, n)} for n in (1, 2, 4)},
