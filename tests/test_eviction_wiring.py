@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,7 +23,8 @@ from swaa_sglang.server_args import (
     with_config,
 )
 
-QWEN3_CONFIG = str(Path(__file__).resolve().parents[1] / "benchmarks" / "models" / "qwen3-0.6b")
+from launcher_subprocess import QWEN3_CONFIG, prepare_in_subprocess
+
 
 
 # -- config and CLI ------------------------------------------------------------------------
@@ -182,31 +182,17 @@ def test_eviction_cache_needs_eviction():
 
 
 # -- the real ServerArgs / ModelConfig path, in a fresh process (hooks are process-global) -------------
-_PREPARE = (
-    "import json, sys\n"
-    "from swaa_sglang.launch_server import prepare_server_args\n"
-    "try:\n"
-    "    sa = prepare_server_args(sys.argv[1:])\n"
-    "except ValueError as e:\n"
-    "    print('ERROR:' + str(e)); sys.exit(0)\n"
+_REPORT = (
     "mc = sa.get_model_config()\n"
-    "print('ARGS:' + json.dumps({'override': json.loads(sa.json_model_override_args),\n"
-    "      'cache': sa.radix_cache_backend, 'ratio': sa.swa_full_tokens_ratio, 'hybrid': mc.is_hybrid_swa,\n"
-    "      'window': mc.sliding_window_size, 'swa_layers': getattr(mc, 'swa_attention_layer_ids', None),\n"
-    "      'full_layers': getattr(mc, 'full_attention_layer_ids', None), 'context_len': mc.context_len}))\n"
+    "out = {'override': json.loads(sa.json_model_override_args),\n"
+    "       'cache': sa.radix_cache_backend, 'ratio': sa.swa_full_tokens_ratio, 'hybrid': mc.is_hybrid_swa,\n"
+    "       'window': mc.sliding_window_size, 'swa_layers': getattr(mc, 'swa_attention_layer_ids', None),\n"
+    "       'full_layers': getattr(mc, 'full_attention_layer_ids', None), 'context_len': mc.context_len}"
 )
 
 
 def _prepare(*argv: str) -> dict:
-    r = subprocess.run(
-        [sys.executable, "-c", _PREPARE, "--model-path", QWEN3_CONFIG, "--load-format", "dummy", "--device", "cpu",
-         *argv], capture_output=True, text=True, timeout=600,
-    )
-    line = [ln for ln in r.stdout.splitlines() if ln.startswith(("ARGS:", "ERROR:"))]
-    assert line, r.stderr[-3000:]
-    if line[-1].startswith("ERROR:"):
-        return {"error": line[-1][6:]}
-    return json.loads(line[-1][5:])
+    return prepare_in_subprocess(_REPORT, *argv)
 
 
 def test_launcher_switches_the_hybrid_pool_on():

@@ -14,8 +14,7 @@ from attention_backends.registration import ModelFacts, check_model, check_serve
 from swaa_sglang import SWAAConfig
 from swaa_sglang.server_args import config_from_override_args, with_config
 
-QWEN3_CONFIG = str(Path(__file__).resolve().parents[1] / "benchmarks" / "models" / "qwen3-0.6b")
-
+from launcher_subprocess import QWEN3_CONFIG, prepare_in_subprocess
 
 def _run(code: str, *args: str, env_extra: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     import os
@@ -110,23 +109,9 @@ def test_launch_server_help_lists_swaa_flags():
 
 
 def _prepare(*argv: str) -> dict:
-    """Run prepare_server_args in a subprocess (ServerArgs hooks are process-global)."""
-    code = (
-        "import json, sys\n"
-        "from swaa_sglang.launch_server import prepare_server_args\n"
-        "try:\n"
-        "    sa = prepare_server_args(sys.argv[1:])\n"
-        "except ValueError as e:\n"
-        "    print('ERROR:' + str(e)); sys.exit(0)\n"
-        "print('ARGS:' + json.dumps({'backend': sa.attention_backend, 'override': sa.json_model_override_args,\n"
-        "      'no_prefill_graph': sa.disable_prefill_cuda_graph, 'model': sa.model_path}))\n"
-    )
-    r = _run(code, "--model-path", QWEN3_CONFIG, "--load-format", "dummy", "--device", "cpu", *argv)
-    line = [ln for ln in r.stdout.splitlines() if ln.startswith(("ARGS:", "ERROR:"))]
-    assert line, r.stderr[-3000:]
-    if line[-1].startswith("ERROR:"):
-        return {"error": line[-1][6:]}
-    return json.loads(line[-1][5:])
+    return prepare_in_subprocess(
+        "out = {'backend': sa.attention_backend, 'override': sa.json_model_override_args,\n"
+        "       'no_prefill_graph': sa.disable_prefill_cuda_graph, 'model': sa.model_path}", *argv)
 
 
 def test_launch_server_folds_flags_into_override_args():
