@@ -24,10 +24,12 @@ import sys
 import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from fake_http import JSONHandler
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "launch" / "examples"
@@ -140,10 +142,7 @@ class FakeServer:
         self.lock = threading.Lock()
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(JSONHandler):
             def do_GET(self):
                 fake._record("GET", self.path, None)
                 if self.path == "/get_model_info":
@@ -164,14 +163,6 @@ class FakeServer:
                     self._json(fake.completion())
                 else:
                     self._json({"error": f"no POST {self.path}"}, 404)
-
-            def _json(self, obj, status=200):
-                data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
 
             def _sse(self, events):
                 self.send_response(200)

@@ -16,10 +16,12 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from fake_http import JSONHandler
 
 REPO = Path(__file__).resolve().parents[1]
 SOAK = REPO / "benchmarks" / "soak.py"
@@ -37,11 +39,8 @@ class FakeSGLang:
         self.log: list[tuple[str, str, int]] = []
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JSONHandler):
             protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
 
             def do_GET(self):
                 if self.path.startswith("/v1/loads"):
@@ -114,14 +113,6 @@ class FakeSGLang:
                     fake.generated += n
                 self._json({"text": "x", "meta_info": {"id": "r", "prompt_tokens": len(ids), "completion_tokens": n,
                                                        "cached_tokens": 0, "finish_reason": {"type": "length", "length": n}}})
-
-            def _json(self, obj, status=200):
-                data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
