@@ -7,7 +7,7 @@
 set -uo pipefail
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 export SWAA_CACHE_DIR=${SWAA_CACHE_DIR:-/tmp/swaa_cache}
-export SWAA_RESULTS_DIR=${OUT:-/tmp/out}
+export SWAA_RESULTS_DIR=${SWAA_RESULTS_DIR:-${OUT:-/tmp/out}}
 export SWAA_SMOLLM2_SOURCE=${SWAA_SMOLLM2_SOURCE:-/tmp/site/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 [ -d .gpudata/essays ] && export SWAA_ESSAYS_DIR=$PWD/.gpudata/essays
 mkdir -p "$SWAA_RESULTS_DIR"

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Run two gpu_host.sh jobs at once on a 2-GPU host, one per card, each under a time limit;
+# logs of both land in /tmp/res/<tag> and come back as one tarball under $OUT (the device
+# tool returns at most 8 files per call).
+#   bash benchmarks/gpu_pair.sh SECONDS "ENV=... step step" "ENV=... step"
+# Each job string is `env` assignments followed by gpu_host.sh steps; job 1 runs on GPU 0,
+# job 2 on GPU 1. The project must already be installed (gpu_host.sh install).
+set -uo pipefail
+limit=$1; shift
+out=${OUT:-/tmp/out}; mkdir -p "$out"; rm -rf /tmp/res
+card=0; pids=()
+for job in "$@"; do
+  res=/tmp/res/job$card; mkdir -p "$res"
+  ( eval "export CUDA_VISIBLE_DEVICES=$card SWAA_SKIP_INSTALL=1 SWAA_RESULTS_DIR=$res; set -- ; job_env_and_steps=($job)"
+    envs=(); steps=()
+    for w in "${job_env_and_steps[@]}"; do [[ $w == *=* && ${#steps[@]} == 0 ]] && envs+=("$w") || steps+=("$w"); done
+    echo "GPU $card: ${envs[*]} | steps: ${steps[*]}"
+    timeout --kill-after=20 "$limit" env "${envs[@]}" bash benchmarks/gpu_host.sh "${steps[@]}" > "$res/console.txt" 2>&1
+    echo "exit $?" >> "$res/console.txt" ) &
+  pids+=($!); card=$((card + 1))
+done
+wait "${pids[@]}"
+tar czf "$out/results_$(date +%H%M%S).tgz" -C /tmp/res . 2>/dev/null
+for ((c = 0; c < card; c++)); do echo "=== job $c"; grep -v -i "warn\|torchao\|\"\"\"Config" /tmp/res/job$c/console.txt | tail -25; done
