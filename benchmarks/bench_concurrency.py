@@ -1,12 +1,13 @@
 """Concurrency benchmark: many long requests at once, vanilla SGLang against SWAA with window eviction (GPU).
 
 For each setting one ``sglang.Engine`` (dummy weights, default Qwen3-4B-Instruct-2507
-shape) gets ``--requests`` requests of ``--prompt-len`` tokens and ``--output-len`` new
-tokens, all submitted at once and streamed. Per request it records when the first token
-and the last token arrived; from those it reports
+shape), after one warm-up request, gets ``--requests`` requests of ``--prompt-len`` tokens
+and ``--output-len`` new tokens, all submitted at once and streamed. Per request it records
+when the first and the last token arrived; from those it reports
 
 * the peak number of requests decoding at the same time (observed concurrency: how many
-  long requests the KV pool admitted together),
+  long requests the KV pool admitted together; bounded by ``--requests``, so submit more
+  than the pool holds to measure the pool's limit),
 * output tokens/s over the whole run, and the KV pool size (``max_total_num_tokens``).
 
 A run that passes ``--time-limit`` stops waiting there (marked ``partial``) and counts every
@@ -116,6 +117,12 @@ def measure(setting: str, a) -> dict:
     startup = time.perf_counter() - t0
     try:
         info = engine.get_server_info()
+        # warm-up: one full prefill chunk and a short decode, so that first-use costs (FlashInfer
+        # JIT compiles of each kernel variant take minutes on a fresh host) stay out of the timing
+        t_warm = time.perf_counter()
+        engine.generate(input_ids=[rng.randrange(1000, 100000) for _ in range(min(a.prompt_len, 16384))],
+                        sampling_params={"temperature": 0, "max_new_tokens": 16, "ignore_eos": True})
+        warmup = time.perf_counter() - t_warm
         bar = tqdm(total=a.requests, desc=setting) if tqdm else None
         # the Engine's own event loop: its tokenizer manager lives there
         rows, elapsed, partial = engine.loop.run_until_complete(
@@ -126,7 +133,7 @@ def measure(setting: str, a) -> dict:
         engine.shutdown()
     return {"setting": setting, "startup_s": startup, "max_total_num_tokens": info.get("max_total_num_tokens"),
             "pool_info": {k: v for k, v in info.items() if "token" in k or "swa" in k},
-            "requests": a.requests, "partial": partial, **summarize(rows, elapsed), "per_request": rows}
+            "warmup_s": warmup, "requests": a.requests, "partial": partial, **summarize(rows, elapsed), "per_request": rows}
 
 
 def main() -> None:

@@ -9,28 +9,36 @@ export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 export SWAA_CACHE_DIR=${SWAA_CACHE_DIR:-/tmp/swaa_cache}
 export SWAA_RESULTS_DIR=${SWAA_RESULTS_DIR:-${OUT:-/tmp/out}}
 export SWAA_SMOLLM2_SOURCE=${SWAA_SMOLLM2_SOURCE:-/tmp/site/models/SmolLM2-135M-Instruct.Q4_1.gguf}
-[ -d .gpudata/essays ] && export SWAA_ESSAYS_DIR=$PWD/.gpudata/essays
+# essays (long text for the engine, determinism and quality runs): carry .gpudata (made by
+# `python -c "from swaa_sglang.data import essays_dir; print(essays_dir())"` here, copied to
+# .gpudata/essays) with the install call; they stay in /tmp/essays while the host is up
+[ -d .gpudata/essays ] && rm -rf /tmp/essays && cp -r .gpudata/essays /tmp/essays
+if [ -d /tmp/essays ]; then export SWAA_ESSAYS_DIR=/tmp/essays
+else echo "gpu_host.sh: no essays (/tmp/essays): carry .gpudata; steps tests, determinism and quality need them" >&2; fi
 mkdir -p "$SWAA_RESULTS_DIR"
 # .whl/: wheels the bundle lacks (soundfile + cffi + pycparser: SGLang's HTTP server imports soundfile)
 [ -z "${SWAA_SKIP_INSTALL:-}" ] && [ -d .whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl 2>&1 | grep -v -i warn
 # SWAA_SKIP_INSTALL=1: already installed (parallel runs on several GPUs must not install at once)
 [ -z "${SWAA_SKIP_INSTALL:-}" ] && python3 -m pip install -q --no-deps --no-build-isolation --no-index --upgrade --target /tmp/site . 2>&1 | grep -v -i warn
 steps=${*:-ops tests models bench}
-# PYTEST_ARGS: extra pytest arguments, e.g. PYTEST_ARGS="-k page" ; tags the log names when set
+# PYTEST_ARGS: extra pytest arguments, split on spaces (e.g. PYTEST_ARGS="-x --maxfail=1");
+# PYTEST_K: one pytest -k expression, spaces allowed (e.g. PYTEST_K="tensor or True");
+# LOG_TAG: suffix for the log names
 tag=${LOG_TAG:-}
+kexpr=(); [ -n "${PYTEST_K:-}" ] && kexpr=(-k "$PYTEST_K")
 rc=0
 for step in $steps; do
   case $step in
-    ops)   python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_ops.py ${PYTEST_ARGS:-} 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_ops$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
-    tests) python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_engine.py ${PYTEST_ARGS:-} 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_engine$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
-    models) python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_models.py ${PYTEST_ARGS:-} 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_models$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
+    ops)   python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_ops.py ${PYTEST_ARGS:-} "${kexpr[@]}" 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_ops$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
+    tests) python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_engine.py ${PYTEST_ARGS:-} "${kexpr[@]}" 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_engine$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
+    models) python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_models.py ${PYTEST_ARGS:-} "${kexpr[@]}" 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_models$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
     e2e)   python3 benchmarks/bench_e2e.py ${E2E_ARGS:-} --out "$SWAA_RESULTS_DIR/e2e$tag.json" 2>&1 | tee "$SWAA_RESULTS_DIR/e2e$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
-    examples) python3 -m pytest -p no:cacheprovider -q -s -m gpu tests/test_examples.py ${PYTEST_ARGS:-} 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_examples$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
-    eviction) python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_eviction.py ${PYTEST_ARGS:-} 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_eviction$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
+    examples) python3 -m pytest -p no:cacheprovider -q -s -m gpu tests/test_examples.py ${PYTEST_ARGS:-} "${kexpr[@]}" 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_examples$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
+    eviction) python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_eviction.py ${PYTEST_ARGS:-} "${kexpr[@]}" 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_eviction$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
     # soak / faults: a SWAA server on the Qwen3-4B shape (dummy weights); SOAK_ARGS adds server flags
     soak)  python3 benchmarks/soak.py --launch "--model-path benchmarks/models/qwen3-4b-2507 --load-format dummy --skip-tokenizer-init --swaa-preset ${SOAK_PRESET:-sink100-2k} --mem-fraction-static 0.8 ${SOAK_ARGS:-}" --server-log "$SWAA_RESULTS_DIR/soak_server$tag.log" ${SOAK_CLIENT_ARGS:---requests 1000 --concurrency 64} --out "$SWAA_RESULTS_DIR/soak$tag.json" 2>&1 | tee "$SWAA_RESULTS_DIR/soak$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
     faults) python3 benchmarks/soak.py --faults --launch "--model-path benchmarks/models/qwen3-4b-2507 --load-format dummy --skip-tokenizer-init --swaa-preset ${SOAK_PRESET:-sink100-2k} --mem-fraction-static 0.8 --context-length 40960 ${SOAK_ARGS:-}" --server-log "$SWAA_RESULTS_DIR/faults_server$tag.log" --out "$SWAA_RESULTS_DIR/faults$tag.json" 2>&1 | tee "$SWAA_RESULTS_DIR/faults$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
-    determinism) python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_determinism.py ${PYTEST_ARGS:-} 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_determinism$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
+    determinism) python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_determinism.py ${PYTEST_ARGS:-} "${kexpr[@]}" 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_determinism$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
     concurrency) python3 benchmarks/bench_concurrency.py ${CONC_ARGS:-} --out "$SWAA_RESULTS_DIR/concurrency$tag.json" 2>&1 | tee "$SWAA_RESULTS_DIR/concurrency$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
     install) ;;
     bench) python3 benchmarks/bench_attention_ops.py ${BENCH_ARGS:-} --out "$SWAA_RESULTS_DIR/ops$tag.json" 2>&1 | tee "$SWAA_RESULTS_DIR/bench_ops$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
