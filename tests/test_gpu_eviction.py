@@ -1,7 +1,8 @@
 """Window eviction in a real sglang.Engine (GPU host; not run on the CPU suite).
 
-Qwen3-0.6B shapes with dummy weights (``benchmarks/models/qwen3-0.6b``), W = 64, k = 4, every
-layer windowed (the last one is kept whole in the full pool, EVICTION.md), eviction on vs off:
+Qwen3-0.6B shapes with dummy weights (``benchmarks/models/qwen3-0.6b``), and SmolLM2-135M real
+weights for long generations and a multi-turn conversation; W = 64, k = 4, every layer windowed
+(the last one is kept whole in the full pool, EVICTION.md), eviction on vs off:
 
 * the same requests give token-identical greedy outputs wherever the computation has the same
   shapes in both runs (FlashInfer and the GEMMs are then bitwise deterministic). With the radix
@@ -58,16 +59,18 @@ def _requests(seed: int = 0):
     return round1, round2
 
 
-def _engine(evict: bool, op_check: Path | None = None, **kw):
+def _engine(evict: bool, op_check: Path | None = None, model: str = MODEL, **kw):
     import sglang
 
     config = SWAAConfig(sliding_window_size=W, keep_first=K, evict_window=evict)
     if op_check is not None:
         os.environ["SWAA_OP_CHECK_FILE"] = str(op_check)
         os.environ["SWAA_OP_CHECK_MAX"] = "600"
-    kwargs = dict(model_path=MODEL, load_format="dummy", skip_tokenizer_init=True, attention_backend="swaa",
+    kwargs = dict(model_path=model, skip_tokenizer_init=True, attention_backend="swaa",
                   json_model_override_args=json.dumps({"swaa": config.to_dict()}), mem_fraction_static=0.3,
                   chunked_prefill_size=256, log_level="error")
+    if model == MODEL:
+        kwargs["load_format"] = "dummy"
     kwargs.update(kw)
     try:
         return sglang.Engine(**kwargs)
@@ -94,12 +97,12 @@ def _pools_whole(engine) -> None:
     assert len(out["output_ids"]) == 2
 
 
-def _run(evict: bool, batched: bool, op_check: Path | None = None, **kw):
-    round1, round2 = _requests()
+def _run(evict: bool, batched: bool, op_check: Path | None = None, requests=None, **kw):
+    round1, round2 = requests or _requests()
     engine = _engine(evict, op_check, **kw)
     try:
         out1 = _gen(engine, round1, batched)
-        out2 = _gen(engine, round2, batched)
+        out2 = _gen(engine, round2, batched) if round2 else []
         _pools_whole(engine)
         info = engine.get_server_info()
     finally:
@@ -162,3 +165,59 @@ def test_radix_cache_eviction_batched_with_cuda_graphs(tmp_path):
     assert records and all(r["finite"] for r in records)
     bad = [r for r in records if r["rel_err"] > 1e-2]
     assert not bad, bad[:5]
+
+
+
+def _chat_turns(engine, tok, text: str, questions: list[str], params: dict, prompts: list[list[int]] | None = None):
+    """Run a multi-turn chat: turn i's prompt is the chat so far plus question i. With ``prompts``
+    given, replay exactly those prompts (so two runs see identical inputs) instead of building them."""
+    history: list[dict] = []
+    turns, built = [], []
+    for i, q in enumerate(questions):
+        if prompts is None:
+            history.append({"role": "user", "content": (text + "\n\n" if i == 0 else "") + q})
+            ids = tok.apply_chat_template(history, add_generation_prompt=True, tokenize=True, return_dict=False)
+        else:
+            ids = prompts[i]
+        out = engine.generate(input_ids=ids, sampling_params=params)
+        built.append(ids)
+        turns.append((out["output_ids"], out["meta_info"].get("cached_tokens", 0)))
+        if prompts is None:
+            history.append({"role": "assistant", "content": tok.decode(out["output_ids"], skip_special_tokens=True)})
+    _pools_whole(engine)
+    return turns, built
+
+
+def test_real_weights_eviction_is_token_identical(smollm2_gpu_path, smollm2_tokenizer):
+    """SmolLM2-135M real weights (30 layers, head dim 64), W = 64, k = 4, every layer windowed:
+    (1) chunk cache, batched, CUDA graphs: long generations (600 tokens, about ten windows past
+    W) are identical with eviction on and off; (2) radix cache, eager: a 4-turn conversation on
+    real text whose turns hit the cache is identical wherever the cache hit was the same."""
+    from swaa_sglang.data import essay_texts
+
+    rng = random.Random(1)
+    docs = [[rng.randrange(100, 49000) for _ in range(1200)] for _ in range(2)]
+    long_gen = [(docs[i % 2][: 300 + 200 * i], 600) for i in range(4)]
+    on, _ = _run(True, batched=True, requests=(long_gen, []), model=smollm2_gpu_path, disable_radix_cache=True)
+    off, _ = _run(False, batched=True, requests=(long_gen, []), model=smollm2_gpu_path, disable_radix_cache=True)
+    assert all(len(ids) == 600 for ids, _ in on)
+    assert [ids for ids, _ in on] == [ids for ids, _ in off]
+
+    text = " ".join(essay_texts()[0].split()[:900])
+    questions = ["Summarise the text above.", "What is the main argument?", "Name one example it gives.",
+                 "Write a title for it."]
+    params = {"temperature": 0, "max_new_tokens": 300}
+    results = {}
+    prompts = None
+    for evict in (False, True):  # eviction off builds the chat; eviction on replays its prompts
+        engine = _engine(evict, model=smollm2_gpu_path, disable_cuda_graph=True)
+        try:
+            results[evict], prompts = _chat_turns(engine, smollm2_tokenizer, text, questions, params, prompts)
+        finally:
+            engine.shutdown()
+    same = _identical_until_shapes_differ(results[True], results[False])
+    print(f"\nconversation: identical for the first {same}/{len(questions)} turns; cached tokens "
+          f"on={[h for _, h in results[True]]} off={[h for _, h in results[False]]}; "
+          f"prompt lengths={[len(q) for q in prompts]}")
+    assert same >= 2
+    assert any(h > K for _, h in results[True][1:]), "later turns did not reuse the conversation's prefix"
