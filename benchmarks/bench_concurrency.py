@@ -85,6 +85,7 @@ async def _drive(engine, prompts, out_len: int, time_limit: float | None, progre
     elapsed = time.perf_counter() - t0
     for t in pending:
         t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)  # let the cancelled streams close
     return rows, elapsed, bool(pending)
 
 

@@ -12,9 +12,11 @@ export SWAA_SMOLLM2_SOURCE=${SWAA_SMOLLM2_SOURCE:-/tmp/site/models/SmolLM2-135M-
 # essays (long text for the engine, determinism and quality runs): carry .gpudata (made by
 # `python -c "from swaa_sglang.data import essays_dir; print(essays_dir())"` here, copied to
 # .gpudata/essays) with the install call; they stay in /tmp/essays while the host is up
-[ -d .gpudata/essays ] && rm -rf /tmp/essays && cp -r .gpudata/essays /tmp/essays
+if [ -z "${SWAA_SKIP_INSTALL:-}" ] && [ -d .gpudata/essays ]; then  # once, atomically (parallel jobs read it)
+  rm -rf /tmp/essays.new && cp -r .gpudata/essays /tmp/essays.new && rm -rf /tmp/essays && mv /tmp/essays.new /tmp/essays
+fi
 if [ -d /tmp/essays ]; then export SWAA_ESSAYS_DIR=/tmp/essays
-else echo "gpu_host.sh: no essays (/tmp/essays): carry .gpudata; steps tests, determinism and quality need them" >&2; fi
+else echo "gpu_host.sh: no essays (/tmp/essays): carry .gpudata; steps tests, eviction, determinism and quality need them" >&2; fi
 mkdir -p "$SWAA_RESULTS_DIR"
 # .whl/: wheels the bundle lacks (soundfile + cffi + pycparser: SGLang's HTTP server imports soundfile)
 [ -z "${SWAA_SKIP_INSTALL:-}" ] && [ -d .whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl 2>&1 | grep -v -i warn

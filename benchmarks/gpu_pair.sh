@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_pair.sh SECONDS "ENV=... step step" "ENV=... step"
 # Each job string is `env` assignments followed by gpu_host.sh steps; job 1 runs on GPU 0,
 # job 2 on GPU 1. The project must already be installed (gpu_host.sh install).
+# Exits non-zero when any job did (each job's last log line is `exit N`).
 set -uo pipefail
 limit=$1; shift
 out=${OUT:-/tmp/out}; mkdir -p "$out"; rm -rf /tmp/res
@@ -21,4 +22,9 @@ for job in "$@"; do
 done
 wait "${pids[@]}"
 tar czf "$out/results_$(date +%H%M%S).tgz" -C /tmp/res . 2>/dev/null
-for ((c = 0; c < card; c++)); do echo "=== job $c"; grep -v -i "warn\|torchao\|\"\"\"Config" /tmp/res/job$c/console.txt | tail -25; done
+rc=0
+for ((c = 0; c < card; c++)); do
+  echo "=== job $c"; grep -v -i "warn\|torchao\|\"\"\"Config" /tmp/res/job$c/console.txt | tail -25
+  [ "$(tail -1 /tmp/res/job$c/console.txt)" = "exit 0" ] || rc=1
+done
+exit $rc

@@ -76,23 +76,23 @@ def test_concurrency_drive_counts_unfinished_tokens_at_the_time_limit():
     finally:
         sys.path.remove(str(BENCH))
 
-    class FakeEngine:  # request i streams i+1 tokens, one every 10 ms; the last one never ends
+    class FakeEngine:  # a request [n] streams n tokens, one every 10 ms; [25] then never ends
         async def async_generate(self, input_ids, sampling_params, stream):
             async def gen():
                 n = input_ids[0]
                 for k in range(1, n + 1):
                     await asyncio.sleep(0.01)
                     yield {"meta_info": {"completion_tokens": k}}
-                if n == 99:
+                if n == 25:
                     await asyncio.sleep(3600)
             return gen()
 
     ticks = []
-    rows, elapsed, partial = asyncio.run(_drive(FakeEngine(), [[1], [3], [99]], 8, time_limit=1.5,
+    rows, elapsed, partial = asyncio.run(_drive(FakeEngine(), [[1], [3], [25]], 8, time_limit=1.5,
                                                 progress=ticks.append))
     assert partial and len(ticks) == 2
     assert [r["finished"] for r in rows] == [True, True, False]
-    assert [r["output_tokens"] for r in rows] == [1, 3, 99]
+    assert [r["output_tokens"] for r in rows] == [1, 3, 25]
     s = summarize(rows, elapsed)
-    assert s["completed"] == 2 and s["output_tokens"] == 103
+    assert s["completed"] == 2 and s["output_tokens"] == 29
     assert s["peak_concurrent_decoding"] == 2  # request 0's first and last token coincide: zero-length span

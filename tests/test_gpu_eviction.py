@@ -195,6 +195,7 @@ def test_real_weights_eviction_is_token_identical(smollm2_gpu_path, smollm2_toke
     real text whose turns hit the cache is identical wherever the cache hit was the same."""
     from swaa_sglang.data import essay_texts
 
+    text = " ".join(essay_texts()[0].split()[:900])  # first: on an offline host without essays, fail before any engine
     rng = random.Random(1)
     docs = [[rng.randrange(100, 49000) for _ in range(1200)] for _ in range(2)]
     long_gen = [(docs[i % 2][: 300 + 200 * i], 600) for i in range(4)]
@@ -203,7 +204,6 @@ def test_real_weights_eviction_is_token_identical(smollm2_gpu_path, smollm2_toke
     assert all(len(ids) == 600 for ids, _ in on)
     assert [ids for ids, _ in on] == [ids for ids, _ in off]
 
-    text = " ".join(essay_texts()[0].split()[:900])
     questions = ["Summarise the text above.", "What is the main argument?", "Name one example it gives.",
                  "Write a title for it."]
     params = {"temperature": 0, "max_new_tokens": 300}
