@@ -29,6 +29,8 @@ from datetime import date
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_e2e import _engine  # noqa: E402  (one Engine builder for both benchmarks)
 
 
 def peak_overlap(intervals: list[tuple[float, float]]) -> int:
@@ -39,19 +41,6 @@ def peak_overlap(intervals: list[tuple[float, float]]) -> int:
         cur += step
         best = max(best, cur)
     return best
-
-
-def _config_json(setting: str) -> str:
-    """'vanilla' -> no SWAA; 'PRESET' or 'PRESET+evict' -> the preset's config (with eviction on)."""
-    from swaa_sglang.config import SWAAConfig, preset_config
-
-    name, _, extra = setting.partition("+")
-    config = preset_config(name)
-    if extra == "evict":
-        config = SWAAConfig.from_dict({**config.to_dict(), "evict_window": True})
-    elif extra:
-        raise ValueError(f"settings: unknown suffix '+{extra}' in {setting!r}; allowed: '+evict'")
-    return json.dumps({"swaa": config.to_dict()})
 
 
 async def _one(engine, ids: list[int], out_len: int, t0: float, row: dict) -> None:
@@ -99,22 +88,14 @@ def summarize(rows: list[dict], elapsed: float) -> dict:
 
 
 def measure(setting: str, a) -> dict:
-    import sglang
-
     try:
         from tqdm import tqdm
     except ImportError:  # progress is optional
         tqdm = None
-    kwargs = dict(model_path=a.model, load_format="dummy", skip_tokenizer_init=True, mem_fraction_static=a.mem,
-                  context_length=a.prompt_len + a.output_len + 64, chunked_prefill_size=8192, log_level="error")
-    if setting == "vanilla":
-        kwargs["attention_backend"] = "flashinfer"
-    else:
-        kwargs.update(attention_backend="swaa", json_model_override_args=_config_json(setting))
     rng = random.Random(0)
     prompts = [[rng.randrange(1000, 100000) for _ in range(a.prompt_len)] for _ in range(a.requests)]
     t0 = time.perf_counter()
-    engine = sglang.Engine(**kwargs)
+    engine = _engine(setting, a.model, a.prompt_len + a.output_len + 64, a.mem, {})
     startup = time.perf_counter() - t0
     try:
         info = engine.get_server_info()

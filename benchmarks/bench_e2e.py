@@ -23,18 +23,29 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def _engine(setting: str, model: str, context_len: int, mem: float, extra: dict):
-    import sglang
+def setting_override_json(setting: str) -> str:
+    """'PRESET' or 'PRESET+evict' -> SGLang's json_model_override_args for the preset (window eviction on)."""
+    from swaa_sglang.config import SWAAConfig, preset_config
 
-    from swaa_sglang.config import preset_config
+    name, _, extra = setting.partition("+")
+    config = preset_config(name)
+    if extra == "evict":
+        config = SWAAConfig.from_dict({**config.to_dict(), "evict_window": True})
+    elif extra:
+        raise ValueError(f"settings: unknown suffix '+{extra}' in {setting!r}; allowed: '+evict'")
+    return json.dumps({"swaa": config.to_dict()})
+
+
+def _engine(setting: str, model: str, context_len: int, mem: float, extra: dict):
+    """A dummy-weight Engine: 'vanilla' is stock SGLang's flashinfer backend, else the swaa backend."""
+    import sglang
 
     kwargs = dict(model_path=model, load_format="dummy", skip_tokenizer_init=True, mem_fraction_static=mem,
                   context_length=context_len, chunked_prefill_size=8192, log_level="error", **extra)
     if setting == "vanilla":
         kwargs["attention_backend"] = "flashinfer"
     else:
-        kwargs["attention_backend"] = "swaa"
-        kwargs["json_model_override_args"] = json.dumps({"swaa": preset_config(setting).to_dict()})
+        kwargs.update(attention_backend="swaa", json_model_override_args=setting_override_json(setting))
     return sglang.Engine(**kwargs)
 
 
@@ -82,7 +93,7 @@ def measure(setting: str, a) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--settings", default="vanilla,sink100-2k,balanced",
-                   help="comma list: 'vanilla' (flashinfer backend) and SWAA preset names")
+                   help="comma list: 'vanilla' (flashinfer backend), SWAA preset names, PRESET+evict (window eviction on)")
     p.add_argument("--model", default=str(HERE / "models" / "qwen3-4b-2507"), help="dir with config.json")
     p.add_argument("--lengths", default="8192,32768,65536,131072")
     p.add_argument("--decode-tokens", type=int, default=128)

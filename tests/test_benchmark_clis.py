@@ -52,7 +52,8 @@ def test_render_bench_computes_ratios_from_the_json(tmp_path):
 def test_concurrency_peak_and_settings():
     sys.path.insert(0, str(BENCH))
     try:
-        from bench_concurrency import _config_json, peak_overlap
+        from bench_concurrency import peak_overlap
+        from bench_e2e import setting_override_json as _config_json
     finally:
         sys.path.remove(str(BENCH))
     assert peak_overlap([]) == 0
