@@ -29,21 +29,28 @@ steps=${*:-ops tests models bench}
 tag=${LOG_TAG:-}
 kexpr=(); [ -n "${PYTEST_K:-}" ] && kexpr=(-k "$PYTEST_K")
 rc=0
+logged() {  # logged NAME CMD...: run CMD, its output also in $SWAA_RESULTS_DIR/NAME$tag.log; keep the worst exit code
+  "${@:2}" 2>&1 | tee "$SWAA_RESULTS_DIR/$1$tag.log"; rc=$((rc | ${PIPESTATUS[0]}))
+}
+pytest_step() {  # pytest_step NAME PYTEST_ARGS...
+  logged "$1" python3 -m pytest -p no:cacheprovider -q -s "${@:2}" ${PYTEST_ARGS:-} "${kexpr[@]}"
+}
+# soak / faults: a SWAA server on the Qwen3-4B shape (dummy weights); SOAK_ARGS adds server flags
+server="--model-path benchmarks/models/qwen3-4b-2507 --load-format dummy --skip-tokenizer-init --swaa-preset ${SOAK_PRESET:-sink100-2k} --mem-fraction-static 0.8"
 for step in $steps; do
   case $step in
-    ops)   python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_ops.py ${PYTEST_ARGS:-} "${kexpr[@]}" 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_ops$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
-    tests) python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_engine.py ${PYTEST_ARGS:-} "${kexpr[@]}" 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_engine$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
-    models) python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_models.py ${PYTEST_ARGS:-} "${kexpr[@]}" 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_models$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
-    e2e)   python3 benchmarks/bench_e2e.py ${E2E_ARGS:-} --out "$SWAA_RESULTS_DIR/e2e$tag.json" 2>&1 | tee "$SWAA_RESULTS_DIR/e2e$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
-    examples) python3 -m pytest -p no:cacheprovider -q -s -m gpu tests/test_examples.py ${PYTEST_ARGS:-} "${kexpr[@]}" 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_examples$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
-    eviction) python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_eviction.py ${PYTEST_ARGS:-} "${kexpr[@]}" 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_eviction$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
-    # soak / faults: a SWAA server on the Qwen3-4B shape (dummy weights); SOAK_ARGS adds server flags
-    soak)  python3 benchmarks/soak.py --launch "--model-path benchmarks/models/qwen3-4b-2507 --load-format dummy --skip-tokenizer-init --swaa-preset ${SOAK_PRESET:-sink100-2k} --mem-fraction-static 0.8 ${SOAK_ARGS:-}" --server-log "$SWAA_RESULTS_DIR/soak_server$tag.log" ${SOAK_CLIENT_ARGS:---requests 1000 --concurrency 64} --out "$SWAA_RESULTS_DIR/soak$tag.json" 2>&1 | tee "$SWAA_RESULTS_DIR/soak$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
-    faults) python3 benchmarks/soak.py --faults --launch "--model-path benchmarks/models/qwen3-4b-2507 --load-format dummy --skip-tokenizer-init --swaa-preset ${SOAK_PRESET:-sink100-2k} --mem-fraction-static 0.8 --context-length 40960 ${SOAK_ARGS:-}" --server-log "$SWAA_RESULTS_DIR/faults_server$tag.log" --out "$SWAA_RESULTS_DIR/faults$tag.json" 2>&1 | tee "$SWAA_RESULTS_DIR/faults$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
-    determinism) python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_determinism.py ${PYTEST_ARGS:-} "${kexpr[@]}" 2>&1 | tee "$SWAA_RESULTS_DIR/gpu_determinism$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
-    concurrency) python3 benchmarks/bench_concurrency.py ${CONC_ARGS:-} --out "$SWAA_RESULTS_DIR/concurrency$tag.json" 2>&1 | tee "$SWAA_RESULTS_DIR/concurrency$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
+    ops)         pytest_step gpu_ops tests/test_gpu_ops.py ;;
+    tests)       pytest_step gpu_engine tests/test_gpu_engine.py ;;
+    models)      pytest_step gpu_models tests/test_gpu_models.py ;;
+    examples)    pytest_step gpu_examples -m gpu tests/test_examples.py ;;
+    eviction)    pytest_step gpu_eviction tests/test_gpu_eviction.py ;;
+    determinism) pytest_step gpu_determinism tests/test_gpu_determinism.py ;;
+    e2e)         logged e2e python3 benchmarks/bench_e2e.py ${E2E_ARGS:-} --out "$SWAA_RESULTS_DIR/e2e$tag.json" ;;
+    soak)        logged soak python3 benchmarks/soak.py --launch "$server ${SOAK_ARGS:-}" --server-log "$SWAA_RESULTS_DIR/soak_server$tag.log" ${SOAK_CLIENT_ARGS:---requests 1000 --concurrency 64} --out "$SWAA_RESULTS_DIR/soak$tag.json" ;;
+    faults)      logged faults python3 benchmarks/soak.py --faults --launch "$server --context-length 40960 ${SOAK_ARGS:-}" --server-log "$SWAA_RESULTS_DIR/faults_server$tag.log" --out "$SWAA_RESULTS_DIR/faults$tag.json" ;;
+    concurrency) logged concurrency python3 benchmarks/bench_concurrency.py ${CONC_ARGS:-} --out "$SWAA_RESULTS_DIR/concurrency$tag.json" ;;
+    bench)       logged bench_ops python3 benchmarks/bench_attention_ops.py ${BENCH_ARGS:-} --out "$SWAA_RESULTS_DIR/ops$tag.json" ;;
     install) ;;
-    bench) python3 benchmarks/bench_attention_ops.py ${BENCH_ARGS:-} --out "$SWAA_RESULTS_DIR/ops$tag.json" 2>&1 | tee "$SWAA_RESULTS_DIR/bench_ops$tag.log"; rc=$((rc | ${PIPESTATUS[0]})) ;;
   esac
 done
 exit $rc
