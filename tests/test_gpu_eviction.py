@@ -78,6 +78,10 @@ def _engine(evict: bool, op_check: Path | None = None, model: str = MODEL, **kw)
         os.environ.pop("SWAA_OP_CHECK_FILE", None)
 
 
+def _ids_and_hit(out: dict) -> tuple[list[int], int]:
+    return out["output_ids"], out["meta_info"].get("cached_tokens", 0)
+
+
 def _gen(engine, reqs, batched: bool):
     params = [{"temperature": 0, "max_new_tokens": n, "ignore_eos": True} for _, n in reqs]
     prompts = [p for p, _ in reqs]
@@ -85,7 +89,7 @@ def _gen(engine, reqs, batched: bool):
         outs = engine.generate(input_ids=prompts, sampling_params=params)
     else:  # one at a time: each request's shapes depend only on its own cache hit
         outs = [engine.generate(input_ids=p, sampling_params=s) for p, s in zip(prompts, params)]
-    return [(o["output_ids"], o["meta_info"].get("cached_tokens", 0)) for o in outs]
+    return [_ids_and_hit(o) for o in outs]
 
 
 def _pools_whole(engine) -> None:
@@ -168,24 +172,19 @@ def test_radix_cache_eviction_batched_with_cuda_graphs(tmp_path):
 
 
 
-def _chat_turns(engine, tok, text: str, questions: list[str], params: dict, prompts: list[list[int]] | None = None):
-    """Run a multi-turn chat: turn i's prompt is the chat so far plus question i. With ``prompts``
-    given, replay exactly those prompts (so two runs see identical inputs) instead of building them."""
+def _build_chat(engine, tok, text: str, questions: list[str], params: dict):
+    """A multi-turn chat: turn i's prompt is the chat so far plus question i. Returns each turn's
+    (output ids, cached tokens) and the prompts, for a second engine to replay exactly."""
     history: list[dict] = []
-    turns, built = [], []
+    turns, prompts = [], []
     for i, q in enumerate(questions):
-        if prompts is None:
-            history.append({"role": "user", "content": (text + "\n\n" if i == 0 else "") + q})
-            ids = tok.apply_chat_template(history, add_generation_prompt=True, tokenize=True, return_dict=False)
-        else:
-            ids = prompts[i]
+        history.append({"role": "user", "content": (text + "\n\n" if i == 0 else "") + q})
+        ids = tok.apply_chat_template(history, add_generation_prompt=True, tokenize=True, return_dict=False)
         out = engine.generate(input_ids=ids, sampling_params=params)
-        built.append(ids)
-        turns.append((out["output_ids"], out["meta_info"].get("cached_tokens", 0)))
-        if prompts is None:
-            history.append({"role": "assistant", "content": tok.decode(out["output_ids"], skip_special_tokens=True)})
-    _pools_whole(engine)
-    return turns, built
+        prompts.append(ids)
+        turns.append(_ids_and_hit(out))
+        history.append({"role": "assistant", "content": tok.decode(out["output_ids"], skip_special_tokens=True)})
+    return turns, prompts
 
 
 def test_real_weights_eviction_is_token_identical(smollm2_gpu_path, smollm2_tokenizer):
@@ -208,13 +207,18 @@ def test_real_weights_eviction_is_token_identical(smollm2_gpu_path, smollm2_toke
                  "Write a title for it."]
     params = {"temperature": 0, "max_new_tokens": 300}
     results = {}
-    prompts = None
-    for evict in (False, True):  # eviction off builds the chat; eviction on replays its prompts
-        engine = _engine(evict, model=smollm2_gpu_path, disable_cuda_graph=True)
-        try:
-            results[evict], prompts = _chat_turns(engine, smollm2_tokenizer, text, questions, params, prompts)
-        finally:
-            engine.shutdown()
+    engine = _engine(False, model=smollm2_gpu_path, disable_cuda_graph=True)
+    try:  # eviction off builds the chat ...
+        results[False], prompts = _build_chat(engine, smollm2_tokenizer, text, questions, params)
+        _pools_whole(engine)
+    finally:
+        engine.shutdown()
+    engine = _engine(True, model=smollm2_gpu_path, disable_cuda_graph=True)
+    try:  # ... eviction on replays its prompts
+        results[True] = [_ids_and_hit(engine.generate(input_ids=p, sampling_params=params)) for p in prompts]
+        _pools_whole(engine)
+    finally:
+        engine.shutdown()
     same = _identical_until_shapes_differ(results[True], results[False])
     print(f"\nconversation: identical for the first {same}/{len(questions)} turns; cached tokens "
           f"on={[h for _, h in results[True]]} off={[h for _, h in results[False]]}; "
