@@ -2,13 +2,17 @@
 
 For each setting one ``sglang.Engine`` (dummy weights, default Qwen3-4B-Instruct-2507
 shape), after one warm-up request, gets ``--requests`` requests of ``--prompt-len`` tokens
-and ``--output-len`` new tokens, all submitted at once and streamed. Per request it records
-when the first and the last token arrived; from those it reports
+and ``--output-len`` new tokens, all submitted at once and streamed. ``--requests 32,112``
+runs two such phases on the same engine (fresh prompts, cache flushed between), so a
+throughput run and a capacity run share one engine start and one set of kernel compiles.
+Per request it records when the first and the last token arrived; from those it reports
 
 * the peak number of requests decoding at the same time (observed concurrency: how many
-  long requests the KV pool admitted together; bounded by ``--requests``, so submit more
-  than the pool holds to measure the pool's limit),
-* output tokens/s over the whole run, and the KV pool size (``max_total_num_tokens``).
+  long requests the KV pool admitted together; bounded by the phase's request count, so
+  submit more than the pool holds to measure the pool's limit),
+* output tokens/s over the whole phase, and over the finished requests only (their tokens
+  up to the last one finishing: the rate a time-limited run sustained on completed work),
+* the KV pool size (``max_total_num_tokens``, and the SWA pool where there is one).
 
 A run that passes ``--time-limit`` stops waiting there (marked ``partial``) and counts every
 token streamed until then, finished request or not, so a slow baseline still yields a rate
@@ -79,43 +83,54 @@ async def _drive(engine, prompts, out_len: int, time_limit: float | None, progre
 
 
 def summarize(rows: list[dict], elapsed: float) -> dict:
-    """Output tok/s counts every streamed token, finished or not; peak decoding concurrency is the
-    most requests between their first and last token at one instant."""
+    """Output tok/s counts every streamed token, finished or not; finished tok/s counts the finished
+    requests' tokens up to the last of them finishing; peak decoding concurrency is the most requests
+    between their first and last token at one instant."""
     out_tokens = sum(r["output_tokens"] for r in rows)
+    done = [r for r in rows if r["finished"]]
+    done_until = max((r["last_token_s"] for r in done), default=0.0)
     spans = [(r["first_token_s"], r["last_token_s"]) for r in rows if r["first_token_s"] is not None]
-    return {"completed": sum(r["finished"] for r in rows), "seconds": elapsed, "output_tokens": out_tokens,
-            "output_tok_s": out_tokens / elapsed if elapsed else 0.0, "peak_concurrent_decoding": peak_overlap(spans)}
+    return {"completed": len(done), "seconds": elapsed, "output_tokens": out_tokens,
+            "output_tok_s": out_tokens / elapsed if elapsed else 0.0,
+            "finished_tok_s": sum(r["output_tokens"] for r in done) / done_until if done_until else 0.0,
+            "peak_concurrent_decoding": peak_overlap(spans)}
 
 
-def measure(setting: str, a) -> dict:
+def measure(setting: str, a, emit) -> None:
+    """One engine for ``setting``; ``emit`` gets one result row per phase of ``a.requests`` as it ends."""
     try:
         from tqdm import tqdm
     except ImportError:  # progress is optional
         tqdm = None
     rng = random.Random(0)
-    prompts = [[rng.randrange(1000, 100000) for _ in range(a.prompt_len)] for _ in range(a.requests)]
     t0 = time.perf_counter()
     engine = _engine(setting, a.model, a.prompt_len + a.output_len + 64, a.mem, {})
     startup = time.perf_counter() - t0
     try:
         info = engine.get_server_info()
+        pool = {"max_total_num_tokens": info.get("max_total_num_tokens"),
+                "pool_info": {k: v for k, v in info.items() if "token" in k or "swa" in k}}
         # warm-up: one full prefill chunk and a short decode, so that first-use costs (FlashInfer
         # JIT compiles of each kernel variant take minutes on a fresh host) stay out of the timing
         t_warm = time.perf_counter()
         engine.generate(input_ids=[rng.randrange(1000, 100000) for _ in range(min(a.prompt_len, 16384))],
                         sampling_params={"temperature": 0, "max_new_tokens": 16, "ignore_eos": True})
         warmup = time.perf_counter() - t_warm
-        bar = tqdm(total=a.requests, desc=setting) if tqdm else None
-        # the Engine's own event loop: its tokenizer manager lives there
-        rows, elapsed, partial = engine.loop.run_until_complete(
-            _drive(engine, prompts, a.output_len, a.time_limit, (bar.update if bar else (lambda n: None))))
-        if bar:
-            bar.close()
+        for n in a.requests:
+            flushed = engine.flush_cache()  # each phase starts from empty pools (no hits on an earlier phase)
+            if not getattr(flushed, "success", True):
+                raise RuntimeError(f"{setting}: flush_cache before the x{n} phase failed: {flushed}")
+            prompts = [[rng.randrange(1000, 100000) for _ in range(a.prompt_len)] for _ in range(n)]
+            bar = tqdm(total=n, desc=f"{setting} x{n}") if tqdm else None
+            # the Engine's own event loop: its tokenizer manager lives there
+            per_request, elapsed, partial = engine.loop.run_until_complete(
+                _drive(engine, prompts, a.output_len, a.time_limit, (bar.update if bar else (lambda k: None))))
+            if bar:
+                bar.close()
+            emit({"setting": setting, "startup_s": startup, **pool, "warmup_s": warmup, "requests": n,
+                         "partial": partial, **summarize(per_request, elapsed), "per_request": per_request})
     finally:
         engine.shutdown()
-    return {"setting": setting, "startup_s": startup, "max_total_num_tokens": info.get("max_total_num_tokens"),
-            "pool_info": {k: v for k, v in info.items() if "token" in k or "swa" in k},
-            "warmup_s": warmup, "requests": a.requests, "partial": partial, **summarize(rows, elapsed), "per_request": rows}
 
 
 def main() -> None:
@@ -123,28 +138,40 @@ def main() -> None:
     p.add_argument("--settings", default="vanilla,sink100-2k+evict",
                    help="comma list: 'vanilla', a SWAA preset, or PRESET+evict (window eviction on)")
     p.add_argument("--model", default=str(HERE / "models" / "qwen3-4b-2507"), help="dir with config.json")
-    p.add_argument("--requests", type=int, default=32)
+    p.add_argument("--requests", default="32",
+                   help="comma list: one phase per count on the same engine, e.g. 32,112 (throughput, then capacity)")
     p.add_argument("--prompt-len", type=int, default=131072)
     p.add_argument("--output-len", type=int, default=512)
     p.add_argument("--mem", type=float, default=0.85, help="mem_fraction_static")
-    p.add_argument("--time-limit", type=float, help="stop waiting after this many seconds per setting (partial)")
-    p.add_argument("--out", help="JSON file (rewritten after each setting)")
+    p.add_argument("--time-limit", type=float, help="stop waiting after this many seconds per phase (partial)")
+    p.add_argument("--out", help="JSON file (rewritten after each phase)")
     a = p.parse_args()
+    try:
+        a.requests = [int(x) for x in a.requests.split(",")]
+        if any(n < 1 for n in a.requests):
+            raise ValueError
+    except ValueError:
+        p.error(f"--requests: expected positive integers separated by commas, got {a.requests!r}")
     import torch
 
     result = {"meta": {"gpu": torch.cuda.get_device_name(), "date": date.today().isoformat(), "model": a.model,
                        "argv": sys.argv}, "rows": []}
-    for setting in a.settings.split(","):
-        result["rows"].append(measure(setting, a))
+
+    def emit(row: dict) -> None:  # saved per phase: a run killed later keeps what it measured
+        result["rows"].append(row)
         if a.out:
             Path(a.out).write_text(json.dumps(result, indent=1))
+
+    for setting in a.settings.split(","):
+        measure(setting, a, emit)
     print(f"\n{result['meta']['gpu']}, {result['meta']['date']}, {Path(a.model).name}, dummy weights, "
-          f"{a.requests} x {a.prompt_len} in -> {a.output_len} out")
-    print(f"{'setting':22} {'KV pool tokens':>15} {'done':>7} {'seconds':>8} {'out tok/s':>10} {'peak decoding':>14}")
+          f"{a.prompt_len} in -> {a.output_len} out per request")
+    print(f"{'setting':22} {'KV pool tokens':>15} {'done':>8} {'seconds':>8} {'out tok/s':>10} {'finished tok/s':>15} "
+          f"{'peak decoding':>14}")
     for r in result["rows"]:
         done = f"{r['completed']}/{r['requests']}" + ("*" if r["partial"] else "")
-        print(f"{r['setting']:22} {str(r['max_total_num_tokens']):>15} {done:>7} {r['seconds']:8.1f} "
-              f"{r['output_tok_s']:10.1f} {r['peak_concurrent_decoding']:14d}")
+        print(f"{r['setting']:22} {str(r['max_total_num_tokens']):>15} {done:>8} {r['seconds']:8.1f} "
+              f"{r['output_tok_s']:10.1f} {r['finished_tok_s']:15.1f} {r['peak_concurrent_decoding']:14d}")
     if any(r["partial"] for r in result["rows"]):
         print("* stopped at --time-limit: tokens/s counts every token streamed until then, finished or not")
 

@@ -97,3 +97,63 @@ def test_concurrency_drive_counts_unfinished_tokens_at_the_time_limit():
     s = summarize(rows, elapsed)
     assert s["completed"] == 2 and s["output_tokens"] == 29
     assert s["peak_concurrent_decoding"] == 2  # request 0's first and last token coincide: zero-length span
+    # finished requests only: their 1 + 3 tokens over the time the later of them ended
+    assert s["finished_tok_s"] == pytest.approx(4 / rows[1]["last_token_s"])
+    assert s["finished_tok_s"] > s["output_tok_s"]  # not diluted by the wait on the unfinished request
+
+
+def test_concurrency_phases_share_one_engine_and_flush_between(monkeypatch):
+    """--requests 2,3: one engine start, one warm-up, a cache flush before each phase, a row per phase
+    emitted as the phase ends; a failed flush stops the run instead of measuring on a full pool."""
+    import argparse
+    import asyncio
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_concurrency
+    finally:
+        sys.path.remove(str(BENCH))
+    calls = []
+
+    class FakeEngine:
+        def __init__(self, flush_ok=True):
+            self.loop, self.flush_ok = asyncio.new_event_loop(), flush_ok
+
+        def get_server_info(self):
+            return {"max_total_num_tokens": 1000, "swa_max_total_num_tokens": 300, "version": "x"}
+
+        def generate(self, input_ids, sampling_params):
+            calls.append(("warm-up", len(input_ids)))
+
+        def flush_cache(self):
+            calls.append(("flush",))
+            return type("Out", (), {"success": self.flush_ok, "message": ""})()
+
+        async def async_generate(self, input_ids, sampling_params, stream):
+            calls.append(("request", len(input_ids)))
+
+            async def gen():
+                for k in range(1, sampling_params["max_new_tokens"] + 1):
+                    await asyncio.sleep(0.001)
+                    yield {"meta_info": {"completion_tokens": k}}
+            return gen()
+
+        def shutdown(self):
+            calls.append(("shutdown",))
+            self.loop.close()
+
+    engines = []
+    monkeypatch.setattr(bench_concurrency, "_engine", lambda *args: engines.append(FakeEngine()) or engines[-1])
+    a = argparse.Namespace(model="m", prompt_len=8, output_len=4, mem=0.5, time_limit=None, requests=[2, 3])
+    rows = []
+    bench_concurrency.measure("sink100-2k+evict", a, rows.append)
+    assert len(engines) == 1
+    assert [c[0] for c in calls] == ["warm-up", "flush", "request", "request", "flush"] + ["request"] * 3 + ["shutdown"]
+    assert [(r["requests"], r["completed"], r["output_tokens"]) for r in rows] == [(2, 2, 8), (3, 3, 12)]
+    assert rows[0]["pool_info"] == {"max_total_num_tokens": 1000, "swa_max_total_num_tokens": 300}
+
+    calls.clear()
+    monkeypatch.setattr(bench_concurrency, "_engine", lambda *args: FakeEngine(flush_ok=False))
+    with pytest.raises(RuntimeError, match="flush_cache before the x2 phase failed"):
+        bench_concurrency.measure("vanilla", a, rows.append)
+    assert calls[-1] == ("shutdown",) and len(rows) == 2
