@@ -12,7 +12,10 @@ Per request it records when the first and the last token arrived; from those it 
   submit more than the pool holds to measure the pool's limit),
 * output tokens/s over the whole phase, and over the finished requests only (their tokens
   up to the last one finishing: the rate a time-limited run sustained on completed work),
-* the KV pool size (``max_total_num_tokens``, and the SWA pool where there is one).
+* the KV pool size (``max_total_num_tokens``, and the SWA pool where there is one),
+* every ``--sample-every`` seconds, the scheduler's own load snapshot (what ``/v1/loads``
+  serves: running and waiting requests, tokens in use, prefilled tokens so far, retracted
+  requests), so a run that stalls or thrashes shows how.
 
 A run that passes ``--time-limit`` stops waiting there (marked ``partial``) and counts every
 token streamed until then, finished request or not, so a slow baseline still yields a rate
@@ -60,11 +63,27 @@ async def _one(engine, ids: list[int], out_len: int, t0: float, row: dict) -> No
     row["finished"] = True
 
 
-async def _drive(engine, prompts, out_len: int, time_limit: float | None, progress) -> tuple[list[dict], float, bool]:
+LOAD_KEYS = ("num_running_reqs", "num_waiting_reqs", "num_used_tokens", "token_usage", "total_prefill_uncached_tokens")
+
+
+async def _sample_loads(engine, t0: float, every: float, samples: list[dict]) -> None:
+    """Append the scheduler's load snapshot (SGLang's ``/v1/loads`` source) every ``every`` s until cancelled."""
+    while True:
+        for snap in await engine.tokenizer_manager.get_loads(include=["core", "queues"]):
+            d = snap.to_dict({"core", "queues"})
+            samples.append({"t": round(time.perf_counter() - t0, 2), **{k: d.get(k) for k in LOAD_KEYS},
+                            "retracted": (d.get("queues") or {}).get("retracted")})
+        await asyncio.sleep(every)
+
+
+async def _drive(engine, prompts, out_len: int, time_limit: float | None, progress,
+                 sample_every: float = 0.0, samples: list | None = None) -> tuple[list[dict], float, bool]:
     """Submit every prompt at once; return one row per request (finished or not), the elapsed
-    seconds and whether the time limit cut the run short."""
+    seconds and whether the time limit cut the run short. With ``sample_every`` > 0 the
+    scheduler's load is sampled into ``samples`` meanwhile."""
     t0 = time.perf_counter()
     rows = [{"first_token_s": None, "last_token_s": None, "output_tokens": 0, "finished": False} for _ in prompts]
+    sampler = asyncio.ensure_future(_sample_loads(engine, t0, sample_every, samples)) if sample_every > 0 else None
     pending = {asyncio.ensure_future(_one(engine, p, out_len, t0, r)) for p, r in zip(prompts, rows)}
     deadline = None if time_limit is None else t0 + time_limit
     while pending:
@@ -76,9 +95,11 @@ async def _drive(engine, prompts, out_len: int, time_limit: float | None, progre
             d.result()  # a failed request fails the benchmark
             progress(1)
     elapsed = time.perf_counter() - t0
-    for t in pending:
+    for t in pending | ({sampler} if sampler else set()):
         t.cancel()
     await asyncio.gather(*pending, return_exceptions=True)  # let the cancelled streams close
+    if sampler:
+        await asyncio.gather(sampler, return_exceptions=True)
     return rows, elapsed, bool(pending)
 
 
@@ -94,6 +115,17 @@ def summarize(rows: list[dict], elapsed: float) -> dict:
             "output_tok_s": out_tokens / elapsed if elapsed else 0.0,
             "finished_tok_s": sum(r["output_tokens"] for r in done) / done_until if done_until else 0.0,
             "peak_concurrent_decoding": peak_overlap(spans)}
+
+
+def summarize_loads(loads: list[dict], prompt_tokens: int) -> dict:
+    """From the scheduler's samples: the most requests it ran at once, the most it retracted, and how
+    many prompt tokens it prefilled per prompt token submitted (above 1: work redone after retraction)."""
+    if not loads:
+        return {}
+    prefilled = [s["total_prefill_uncached_tokens"] for s in loads if s["total_prefill_uncached_tokens"] is not None]
+    return {"peak_running_reqs": max(s["num_running_reqs"] or 0 for s in loads),
+            "peak_retracted": max(s["retracted"] or 0 for s in loads),
+            "prefill_per_prompt_token": (prefilled[-1] - prefilled[0]) / prompt_tokens if len(prefilled) > 1 else None}
 
 
 def measure(setting: str, a, emit) -> None:
@@ -123,12 +155,15 @@ def measure(setting: str, a, emit) -> None:
             prompts = [[rng.randrange(1000, 100000) for _ in range(a.prompt_len)] for _ in range(n)]
             bar = tqdm(total=n, desc=f"{setting} x{n}") if tqdm else None
             # the Engine's own event loop: its tokenizer manager lives there
+            loads: list[dict] = []
             per_request, elapsed, partial = engine.loop.run_until_complete(
-                _drive(engine, prompts, a.output_len, a.time_limit, (bar.update if bar else (lambda k: None))))
+                _drive(engine, prompts, a.output_len, a.time_limit, (bar.update if bar else (lambda k: None)),
+                       a.sample_every, loads))
             if bar:
                 bar.close()
             emit({"setting": setting, "startup_s": startup, **pool, "warmup_s": warmup, "requests": n,
-                         "partial": partial, **summarize(per_request, elapsed), "per_request": per_request})
+                         "partial": partial, **summarize(per_request, elapsed), **summarize_loads(loads, n * a.prompt_len),
+                         "loads": loads, "per_request": per_request})
     finally:
         engine.shutdown()
 
@@ -144,6 +179,8 @@ def main() -> None:
     p.add_argument("--output-len", type=int, default=512)
     p.add_argument("--mem", type=float, default=0.85, help="mem_fraction_static")
     p.add_argument("--time-limit", type=float, help="stop waiting after this many seconds per phase (partial)")
+    p.add_argument("--sample-every", type=float, default=5.0,
+                   help="seconds between samples of the scheduler's load (running, waiting, retracted); 0: off")
     p.add_argument("--out", help="JSON file (rewritten after each phase)")
     a = p.parse_args()
     try:
@@ -167,11 +204,12 @@ def main() -> None:
     print(f"\n{result['meta']['gpu']}, {result['meta']['date']}, {Path(a.model).name}, dummy weights, "
           f"{a.prompt_len} in -> {a.output_len} out per request")
     print(f"{'setting':22} {'KV pool tokens':>15} {'done':>8} {'seconds':>8} {'out tok/s':>10} {'finished tok/s':>15} "
-          f"{'peak decoding':>14}")
+          f"{'peak decoding':>14} {'peak running':>13} {'retracted':>10}")
     for r in result["rows"]:
         done = f"{r['completed']}/{r['requests']}" + ("*" if r["partial"] else "")
         print(f"{r['setting']:22} {str(r['max_total_num_tokens']):>15} {done:>8} {r['seconds']:8.1f} "
-              f"{r['output_tok_s']:10.1f} {r['finished_tok_s']:15.1f} {r['peak_concurrent_decoding']:14d}")
+              f"{r['output_tok_s']:10.1f} {r['finished_tok_s']:15.1f} {r['peak_concurrent_decoding']:14d} "
+              f"{str(r.get('peak_running_reqs', '-')):>13} {str(r.get('peak_retracted', '-')):>10}")
     if any(r["partial"] for r in result["rows"]):
         print("* stopped at --time-limit: tokens/s counts every token streamed until then, finished or not")
 

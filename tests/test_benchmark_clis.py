@@ -102,6 +102,20 @@ def test_concurrency_drive_counts_unfinished_tokens_at_the_time_limit():
     assert s["finished_tok_s"] > s["output_tok_s"]  # not diluted by the wait on the unfinished request
 
 
+def test_concurrency_load_summary_shows_redone_prefill():
+    """Prefill counted twice over (retracted requests prefilled again) shows as 2.0 per prompt token."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        from bench_concurrency import summarize_loads
+    finally:
+        sys.path.remove(str(BENCH))
+    samples = [{"num_running_reqs": r, "retracted": x, "total_prefill_uncached_tokens": t}
+               for r, x, t in [(0, 0, 500), (4, 0, 2500), (6, 3, 4500), (2, 1, 6500)]]
+    assert summarize_loads(samples, prompt_tokens=3000) == {"peak_running_reqs": 6, "peak_retracted": 3,
+                                                             "prefill_per_prompt_token": 2.0}
+    assert summarize_loads([], 10) == {}
+
+
 def test_concurrency_phases_share_one_engine_and_flush_between(monkeypatch):
     """--requests 2,3: one engine start, one warm-up, a cache flush before each phase, a row per phase
     emitted as the phase ends; a failed flush stops the run instead of measuring on a full pool."""
@@ -115,9 +129,18 @@ def test_concurrency_phases_share_one_engine_and_flush_between(monkeypatch):
         sys.path.remove(str(BENCH))
     calls = []
 
+    class FakeLoads:  # the scheduler's side: requests running, prompt tokens prefilled so far
+        def __init__(self):
+            self.running = self.prefilled = 0
+
+        async def get_loads(self, include):
+            d = {"num_running_reqs": self.running, "num_waiting_reqs": 0, "num_used_tokens": 0, "token_usage": 0.0,
+                 "total_prefill_uncached_tokens": self.prefilled, "queues": {"retracted": 0}}
+            return [type("Snap", (), {"to_dict": lambda _self, sections: d})()]
+
     class FakeEngine:
         def __init__(self, flush_ok=True):
-            self.loop, self.flush_ok = asyncio.new_event_loop(), flush_ok
+            self.loop, self.flush_ok, self.tokenizer_manager = asyncio.new_event_loop(), flush_ok, FakeLoads()
 
         def get_server_info(self):
             return {"max_total_num_tokens": 1000, "swa_max_total_num_tokens": 300, "version": "x"}
@@ -131,11 +154,15 @@ def test_concurrency_phases_share_one_engine_and_flush_between(monkeypatch):
 
         async def async_generate(self, input_ids, sampling_params, stream):
             calls.append(("request", len(input_ids)))
+            loads = self.tokenizer_manager
+            loads.running += 1
+            loads.prefilled += len(input_ids)
 
             async def gen():
                 for k in range(1, sampling_params["max_new_tokens"] + 1):
-                    await asyncio.sleep(0.001)
+                    await asyncio.sleep(0.02)
                     yield {"meta_info": {"completion_tokens": k}}
+                loads.running -= 1
             return gen()
 
         def shutdown(self):
@@ -144,13 +171,17 @@ def test_concurrency_phases_share_one_engine_and_flush_between(monkeypatch):
 
     engines = []
     monkeypatch.setattr(bench_concurrency, "_engine", lambda *args: engines.append(FakeEngine()) or engines[-1])
-    a = argparse.Namespace(model="m", prompt_len=8, output_len=4, mem=0.5, time_limit=None, requests=[2, 3])
+    a = argparse.Namespace(model="m", prompt_len=8, output_len=4, mem=0.5, time_limit=None, requests=[2, 3],
+                           sample_every=0.005)
     rows = []
     bench_concurrency.measure("sink100-2k+evict", a, rows.append)
     assert len(engines) == 1
     assert [c[0] for c in calls] == ["warm-up", "flush", "request", "request", "flush"] + ["request"] * 3 + ["shutdown"]
     assert [(r["requests"], r["completed"], r["output_tokens"]) for r in rows] == [(2, 2, 8), (3, 3, 12)]
     assert rows[0]["pool_info"] == {"max_total_num_tokens": 1000, "swa_max_total_num_tokens": 300}
+    # the scheduler's samples: all of a phase ran at once, each prompt token prefilled once
+    assert [r["peak_running_reqs"] for r in rows] == [2, 3]
+    assert [r["prefill_per_prompt_token"] for r in rows] == [1.0, 1.0] and rows[1]["peak_retracted"] == 0
 
     calls.clear()
     monkeypatch.setattr(bench_concurrency, "_engine", lambda *args: FakeEngine(flush_ok=False))
