@@ -9,15 +9,10 @@
 set -uo pipefail
 limit=$1; shift
 out=${OUT:-/tmp/out}; mkdir -p "$out"; rm -rf /tmp/res
+source "$(dirname "$0")/gpu_job.sh"
 card=0; pids=()
 for job in "$@"; do
-  res=/tmp/res/job$card; mkdir -p "$res"
-  ( eval "export CUDA_VISIBLE_DEVICES=$card SWAA_SKIP_INSTALL=1 SWAA_RESULTS_DIR=$res; set -- ; job_env_and_steps=($job)"
-    envs=(); steps=()
-    for w in "${job_env_and_steps[@]}"; do [[ $w == *=* && ${#steps[@]} == 0 ]] && envs+=("$w") || steps+=("$w"); done
-    echo "GPU $card: ${envs[*]} | steps: ${steps[*]}"
-    timeout --kill-after=20 "$limit" env "${envs[@]}" bash benchmarks/gpu_host.sh "${steps[@]}" > "$res/console.txt" 2>&1
-    echo "exit $?" >> "$res/console.txt" ) &
+  run_job "$card" "/tmp/res/job$card" "$job" "$limit" &
   pids+=($!); card=$((card + 1))
 done
 wait "${pids[@]}"

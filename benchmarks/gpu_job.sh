@@ -1,0 +1,20 @@
+# Sourced by gpu_pair.sh and gpu_queue.sh: run one gpu_host.sh job.
+#   run_job CARD RESULTS_DIR JOB [SECONDS]
+# JOB is a string of `env` assignments followed by gpu_host.sh steps, quoted as in a shell:
+#   'PYTEST_K="tensor or True" LOG_TAG=_x models'.  The job runs on GPU CARD (a JOB that sets
+# CUDA_VISIBLE_DEVICES itself, e.g. "0,1" for --tp 2, wins), with the project already installed,
+# its logs in RESULTS_DIR and its console in RESULTS_DIR/console.txt, whose last line is `exit N`.
+run_job() {
+  local card=$1 res=$2 job=$3 limit=${4:-0} words envs=() steps=() w
+  mkdir -p "$res"
+  eval "words=($job)"  # shell quoting inside the job string, e.g. PYTEST_K="a or b"
+  for w in "${words[@]}"; do
+    if [[ $w == *=* && ${#steps[@]} == 0 ]]; then envs+=("$w"); else steps+=("$w"); fi
+  done
+  echo "GPU $card: ${envs[*]} | steps: ${steps[*]}"
+  CUDA_VISIBLE_DEVICES=$card SWAA_SKIP_INSTALL=1 SWAA_RESULTS_DIR=$res \
+    timeout --kill-after=20 "$limit" env "${envs[@]}" bash benchmarks/gpu_host.sh "${steps[@]}" > "$res/console.txt" 2>&1
+  local rc=$?
+  echo "exit $rc" >> "$res/console.txt"
+  return $rc
+}

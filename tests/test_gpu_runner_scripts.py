@@ -1,0 +1,103 @@
+"""The GPU-host runner scripts (gpu_pair.sh, gpu_queue.sh) driven on CPU against a fake gpu_host.sh:
+job strings reach the steps with their quoting, cards are assigned, failures are reported, and a
+background queue can be waited on and skipped, its jobs running from the snapshot taken at start."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+FAKE_HOST = """#!/usr/bin/env bash
+# fake gpu_host.sh: record what the job passed, then act on the step name
+{ echo "cuda=$CUDA_VISIBLE_DEVICES"; echo "k=${PYTEST_K:-}"; echo "tag=${LOG_TAG:-}"; echo "skip_install=$SWAA_SKIP_INSTALL";
+  for s in "$@"; do echo "step=$s"; done; } > "$SWAA_RESULTS_DIR/args.txt"
+for s in "$@"; do
+  case $s in
+    fail) exit 3 ;;
+    hang) echo $$ > "$SWAA_RESULTS_DIR/hang.pid"; sleep 300 & echo $! > "$SWAA_RESULTS_DIR/child.pid"; wait ;;
+  esac
+done
+exit 0
+"""
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    (root / "benchmarks").mkdir(parents=True)
+    for name in ("gpu_job.sh", "gpu_pair.sh", "gpu_queue.sh"):
+        shutil.copy(BENCH / name, root / "benchmarks" / name)
+    (root / "benchmarks" / "gpu_host.sh").write_text(FAKE_HOST)
+    return root
+
+
+def _args(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def _env(tmp_path: Path) -> dict:
+    return {**os.environ, "OUT": str(tmp_path / "out"), "SWAA_QUEUE_DIR": str(tmp_path / "queue")}
+
+
+def test_gpu_pair_passes_quoted_jobs_one_card_each_and_fails_when_a_job_does(tree, tmp_path):
+    r = subprocess.run(["bash", "benchmarks/gpu_pair.sh", "60", 'PYTEST_K="tensor or True" LOG_TAG=_a models',
+                        "LOG_TAG=_b ops fail"], cwd=tree, env=_env(tmp_path), capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert _args(Path("/tmp/res/job0/args.txt")) == ["cuda=0", "k=tensor or True", "tag=_a", "skip_install=1",
+                                                     "step=models"]
+    assert _args(Path("/tmp/res/job1/args.txt")) == ["cuda=1", "k=", "tag=_b", "skip_install=1", "step=ops",
+                                                     "step=fail"]
+    assert Path("/tmp/res/job1/console.txt").read_text().splitlines()[-1] == "exit 3"
+    assert len(list((tmp_path / "out").glob("results_*.tgz"))) == 1
+
+
+def _queue(tree: Path, tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "benchmarks/gpu_queue.sh", *args], cwd=tree, env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by its parent) counts as ended
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(") ")[1][0] != "Z"
+
+
+def test_gpu_queue_runs_in_the_background_and_a_hung_job_can_be_skipped(tree, tmp_path):
+    q = tmp_path / "queue"
+    r = _queue(tree, tmp_path, "start", 'PYTEST_K="a or b" ops', "hang", "CUDA_VISIBLE_DEVICES=0,1 models")
+    assert r.returncode == 0, r.stderr
+    # the queue runs from the snapshot taken at start: breaking the tree now changes nothing
+    (tree / "benchmarks" / "gpu_host.sh").write_text("#!/usr/bin/env bash\nexit 9\n")
+    assert _queue(tree, tmp_path, "start", "ops").returncode == 2  # one queue at a time
+
+    deadline = time.time() + 60
+    while not (q / "job01" / "child.pid").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    r = _queue(tree, tmp_path, "wait", "1")
+    assert r.returncode == 3, r.stdout  # still running: the hung job
+    assert "end job 00: exit 0" in r.stdout and "start job 01: hang" in r.stdout
+    with tarfile.open(next((tmp_path / "out").glob("queue_*.tgz"))) as t:
+        assert "./job00/args.txt" in t.getnames() and not any(n.startswith("./tree") for n in t.getnames())
+
+    hung = [int((q / "job01" / f).read_text()) for f in ("hang.pid", "child.pid")]
+    r = _queue(tree, tmp_path, "skip")
+    assert r.returncode == 0 and "skipped the running job" in r.stdout
+    r = _queue(tree, tmp_path, "wait", "60")
+    assert r.returncode == 1, r.stdout  # the skipped job counts as failed; the queue went on
+    assert "end job 02: exit 0" in r.stdout and "queue done: exit 1" in r.stdout
+    assert not any(_alive(pid) for pid in hung)  # the job and what it started are gone
+    assert _args(q / "job00" / "args.txt") == ["cuda=0", "k=a or b", "tag=", "skip_install=1", "step=ops"]
+    assert _args(q / "job02" / "args.txt") == ["cuda=0,1", "k=", "tag=", "skip_install=1", "step=models"]
