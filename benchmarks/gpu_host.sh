@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run on the GPU host after the offline stack is in /tmp/site (../shared/gpu/README.md):
-#   bash benchmarks/gpu_host.sh [install] [ops] [tests] [models] [examples] [eviction] [bench] [e2e] [soak] [faults] [determinism] [concurrency]
+#   bash benchmarks/gpu_host.sh [install] [ops] [tests] [models] [examples] [eviction] [bench] [e2e] [soak] [faults] [determinism] [concurrency] [savejit] [loadjit]
 #   (default: ops tests models bench)
 # Installs this checkout into /tmp/site the way SGLang finds plugins (entry point
 # metadata), then runs the gpu-marked tests and the op benchmark; logs go to $OUT.
@@ -23,6 +23,8 @@ mkdir -p "$SWAA_RESULTS_DIR"
 # SWAA_SKIP_INSTALL=1: already installed (parallel runs on several GPUs must not install at once)
 [ -z "${SWAA_SKIP_INSTALL:-}" ] && python3 -m pip install -q --no-deps --no-build-isolation --no-index --upgrade --target /tmp/site . 2>&1 | grep -v -i warn
 steps=${*:-ops tests models bench}
+# FlashInfer's AOT directory: modules there are loaded without compiling (savejit / loadjit below)
+aot=${SWAA_FLASHINFER_AOT:-/tmp/site/flashinfer/data/aot}
 # PYTEST_ARGS: extra pytest arguments, split on spaces (e.g. PYTEST_ARGS="-x --maxfail=1");
 # PYTEST_K: one pytest -k expression, spaces allowed (e.g. PYTEST_K="tensor or True");
 # LOG_TAG: suffix for the log names
@@ -50,7 +52,18 @@ for step in $steps; do
     faults)      logged faults python3 benchmarks/soak.py --faults --launch "$server --context-length 40960 ${SOAK_ARGS:-}" --server-log "$SWAA_RESULTS_DIR/faults_server$tag.log" --out "$SWAA_RESULTS_DIR/faults$tag.json" ;;
     concurrency) logged concurrency python3 benchmarks/bench_concurrency.py ${CONC_ARGS:-} --out "$SWAA_RESULTS_DIR/concurrency$tag.json" ;;
     bench)       logged bench_ops python3 benchmarks/bench_attention_ops.py ${BENCH_ARGS:-} --out "$SWAA_RESULTS_DIR/ops$tag.json" ;;
+    savejit)     # this host's FlashInfer JIT modules (one .so each) as <=15 MiB parts in $OUT, for .gpujit
+                 rm -rf /tmp/jit && mkdir -p /tmp/jit
+                 for so in "$HOME"/.cache/flashinfer/*/*/cached_ops/*/*.so; do
+                   [ -e "$so" ] && mkdir -p "/tmp/jit/$(basename "$(dirname "$so")")" && cp "$so" "/tmp/jit/$(basename "$(dirname "$so")")/"
+                 done
+                 echo "savejit: $(ls /tmp/jit | wc -l) modules, $(du -sh /tmp/jit | cut -f1)"
+                 tar czf - -C /tmp/jit . | split -b 15M -d - "${OUT:-/tmp/out}/jitcache.tgz." ;;
+    loadjit)     # kernels an earlier host compiled (carry .gpujit: savejit's parts) into the AOT directory
+                 mkdir -p "$aot" && cat .gpujit/jitcache.tgz.* | tar xzf - -C "$aot" \
+                   && echo "loadjit: $(ls "$aot" | wc -l) FlashInfer modules in $aot" || rc=1 ;;
     install) ;;
+    *)           echo "gpu_host.sh: unknown step '$step' (see the list at the top of this file)" >&2; rc=1 ;;
   esac
 done
 exit $rc

@@ -101,3 +101,42 @@ def test_gpu_queue_runs_in_the_background_and_a_hung_job_can_be_skipped(tree, tm
     assert not any(_alive(pid) for pid in hung)  # the job and what it started are gone
     assert _args(q / "job00" / "args.txt") == ["cuda=0", "k=a or b", "tag=", "skip_install=1", "step=ops"]
     assert _args(q / "job02" / "args.txt") == ["cuda=0,1", "k=", "tag=", "skip_install=1", "step=models"]
+
+
+def test_gpu_host_saves_flashinfer_kernels_and_loads_them_as_aot_modules(tmp_path):
+    """savejit packs every compiled FlashInfer module of this host into <= 15 MiB parts; loadjit (the next
+    host, parts carried in .gpujit) unpacks them where FlashInfer loads modules without compiling.
+    An unknown step fails instead of being skipped."""
+    root = tmp_path / "repo"
+    (root / "benchmarks").mkdir(parents=True)
+    shutil.copy(BENCH / "gpu_host.sh", root / "benchmarks" / "gpu_host.sh")
+    home = tmp_path / "home"
+    modules = {"batch_prefill_a": os.urandom(40_000), "single_decode_b": os.urandom(1000)}
+    for name, data in modules.items():
+        d = home / ".cache" / "flashinfer" / "0.6.15" / "90a" / "cached_ops" / name
+        d.mkdir(parents=True)
+        (d / f"{name}.so").write_bytes(data)
+        (d / "build.ninja").write_text("not carried")
+    env = {**os.environ, "HOME": str(home), "OUT": str(tmp_path / "out"), "SWAA_SKIP_INSTALL": "1",
+           "SWAA_RESULTS_DIR": str(tmp_path / "res"), "SWAA_FLASHINFER_AOT": str(tmp_path / "aot")}
+    (tmp_path / "out").mkdir()
+
+    def host(*steps):
+        return subprocess.run(["bash", "benchmarks/gpu_host.sh", *steps], cwd=root, env=env, capture_output=True,
+                              text=True, timeout=60)
+
+    r = host("savejit")
+    assert r.returncode == 0, r.stderr
+    assert "savejit: 2 modules" in r.stdout
+    parts = sorted((tmp_path / "out").glob("jitcache.tgz.*"))
+    assert parts and all(p.stat().st_size <= 15 * 2**20 for p in parts)
+    (root / ".gpujit").mkdir()
+    for part in parts:
+        shutil.copy(part, root / ".gpujit" / part.name)
+    r = host("loadjit")
+    assert r.returncode == 0, r.stderr
+    for name, data in modules.items():
+        assert (tmp_path / "aot" / name / f"{name}.so").read_bytes() == data
+    assert not list((tmp_path / "aot").glob("*/build.ninja"))
+    r = host("loadjit", "savjit")
+    assert r.returncode == 1 and "unknown step 'savjit'" in r.stderr
