@@ -27,10 +27,16 @@ Two parts (see ``attention_backends/EVICTION.md`` for the design and the evidenc
   SGLang's own ``free_swa_out_of_window_slots`` never frees ``[0, K)``, and the
   cache must be built with ``sliding_window_size = W - 1`` (SGLang's window is
   exclusive of the query: :func:`sglang_window`).
+
+  The cache also switches on SGLang's own leaf split on insert
+  (:func:`require_split_leaf_on_insert`): without it a parked long request SWA-locks a
+  whole prefill chunk instead of one window, and more long requests than the SWA pool
+  holds that way retract and re-prefill each other without end (EVICTION.md, "Admission").
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 
 Range = tuple[int, int]  # half-open [lo, hi)
@@ -159,6 +165,33 @@ except ImportError:  # pragma: no cover - exercised only without SGLang
     SWARadixCache = object  # type: ignore[assignment,misc]
 
 
+SPLIT_LEAF_ENV = "SGLANG_OPT_SWA_SPLIT_LEAF_ON_INSERT"
+
+
+def require_split_leaf_on_insert() -> None:
+    """Switch on SGLang's ``SGLANG_OPT_SWA_SPLIT_LEAF_ON_INSERT`` in this process; refuse an explicit off.
+
+    ``SWARadixCache.inc_lock_ref`` SWA-locks whole nodes until they cover the window, and with
+    chunked prefill the last node of a request that has finished its prefill is its whole last
+    chunk (8,192 tokens, not a 2,047-token window). SGLang admits by the full pool, so with
+    window eviction (full pool sized for about 99 requests of 128K, SWA pool for about 53 such
+    locks) the parked requests fill the SWA pool, every decode step retracts one of them, and its
+    131K-token prefill is thrown away: 104 requests of 128K made no request finish in 11 minutes
+    on an H200. SGLang's fix, behind this switch (off by default in 0.5.17, read at every insert),
+    splits a new leaf to its last window so the lock covers only that.
+    """
+    from sglang.srt.environ import envs
+
+    flag = envs.SGLANG_OPT_SWA_SPLIT_LEAF_ON_INSERT
+    if not flag.is_set():
+        flag.set(True)
+    elif not flag.get():
+        raise ValueError(
+            f"{SPLIT_LEAF_ENV}={os.environ[SPLIT_LEAF_ENV]!r}: window eviction needs SGLang's leaf split on insert "
+            f"(unset it or set it to 1); without it long requests retract each other without end (EVICTION.md)"
+        )
+
+
 class SWAASinkRadixCache(SWARadixCache):  # type: ignore[misc,valid-type]
     """SGLang's hybrid-SWA radix cache with SWAA sinks. Build with ``sliding_window_size = W - 1``."""
 
@@ -179,6 +212,7 @@ class SWAASinkRadixCache(SWARadixCache):  # type: ignore[misc,valid-type]
                 "SWAASinkRadixCache needs the hybrid (full + SWA) allocator; SGLang chose the all-SWA "
                 "allocator because no layer keeps full KV (see EVICTION.md, 'all layers windowed')"
             )
+        require_split_leaf_on_insert()
         self.keep_first = keep_first
         self.sink_len = sink_floor(keep_first, params.page_size)
         super().__init__(params)
