@@ -2,7 +2,7 @@
 
 For each setting one ``sglang.Engine`` (dummy weights, default Qwen3-4B-Instruct-2507
 shape), after one warm-up request, gets ``--requests`` requests of ``--prompt-len`` tokens
-and ``--output-len`` new tokens, all submitted at once and streamed. ``--requests 32,112``
+and ``--output-len`` new tokens, all submitted at once and streamed. ``--requests 32,104``
 runs two such phases on the same engine (fresh prompts, cache flushed between), so a
 throughput run and a capacity run share one engine start and one set of kernel compiles.
 Per request it records when the first and the last token arrived; from those it reports
@@ -14,8 +14,10 @@ Per request it records when the first and the last token arrived; from those it 
   up to the last one finishing: the rate a time-limited run sustained on completed work),
 * the KV pool size (``max_total_num_tokens``, and the SWA pool where there is one),
 * every ``--sample-every`` seconds, the scheduler's own load snapshot (what ``/v1/loads``
-  serves: running and waiting requests, tokens in use, prefilled tokens so far, retracted
-  requests), so a run that stalls or thrashes shows how.
+  serves: running and waiting requests, tokens in use, prompt tokens prefilled so far), so a
+  run that stalls or thrashes shows how: retracted requests are prefilled again, so prefilled
+  tokens per submitted prompt token rise above 1 (SGLang's own retraction figure in that
+  snapshot is filled only with ``--enable-metrics`` and holds the last event, not a count).
 
 A run that passes ``--time-limit`` stops waiting there (marked ``partial``) and counts every
 token streamed until then, finished request or not, so a slow baseline still yields a rate
@@ -69,10 +71,9 @@ LOAD_KEYS = ("num_running_reqs", "num_waiting_reqs", "num_used_tokens", "token_u
 async def _sample_loads(engine, t0: float, every: float, samples: list[dict]) -> None:
     """Append the scheduler's load snapshot (SGLang's ``/v1/loads`` source) every ``every`` s until cancelled."""
     while True:
-        for snap in await engine.tokenizer_manager.get_loads(include=["core", "queues"]):
-            d = snap.to_dict({"core", "queues"})
-            samples.append({"t": round(time.perf_counter() - t0, 2), **{k: d.get(k) for k in LOAD_KEYS},
-                            "retracted": (d.get("queues") or {}).get("retracted")})
+        for snap in await engine.tokenizer_manager.get_loads(include=["core"]):
+            d = snap.to_dict({"core"})
+            samples.append({"t": round(time.perf_counter() - t0, 2), **{k: d.get(k) for k in LOAD_KEYS}})
         await asyncio.sleep(every)
 
 
@@ -118,13 +119,12 @@ def summarize(rows: list[dict], elapsed: float) -> dict:
 
 
 def summarize_loads(loads: list[dict], prompt_tokens: int) -> dict:
-    """From the scheduler's samples: the most requests it ran at once, the most it retracted, and how
-    many prompt tokens it prefilled per prompt token submitted (above 1: work redone after retraction)."""
+    """From the scheduler's samples: the most requests it ran at once, and how many prompt tokens it
+    prefilled per prompt token submitted (above 1: work redone after retraction)."""
     if not loads:
         return {}
     prefilled = [s["total_prefill_uncached_tokens"] for s in loads if s["total_prefill_uncached_tokens"] is not None]
     return {"peak_running_reqs": max(s["num_running_reqs"] or 0 for s in loads),
-            "peak_retracted": max(s["retracted"] or 0 for s in loads),
             "prefill_per_prompt_token": (prefilled[-1] - prefilled[0]) / prompt_tokens if len(prefilled) > 1 else None}
 
 
@@ -149,7 +149,9 @@ def measure(setting: str, a, emit) -> None:
                         sampling_params={"temperature": 0, "max_new_tokens": 16, "ignore_eos": True})
         warmup = time.perf_counter() - t_warm
         for n in a.requests:
-            flushed = engine.flush_cache()  # each phase starts from empty pools (no hits on an earlier phase)
+            # each phase starts from empty pools (no hits on an earlier phase); SGLang flushes only an
+            # idle scheduler, and the aborts of a time-limited phase may still be draining: wait up to 120 s
+            flushed = engine.loop.run_until_complete(engine.tokenizer_manager.flush_cache(timeout_s=120))
             if not getattr(flushed, "success", True):
                 raise RuntimeError(f"{setting}: flush_cache before the x{n} phase failed: {flushed}")
             prompts = [[rng.randrange(1000, 100000) for _ in range(a.prompt_len)] for _ in range(n)]
@@ -174,7 +176,7 @@ def main() -> None:
                    help="comma list: 'vanilla', a SWAA preset, or PRESET+evict (window eviction on)")
     p.add_argument("--model", default=str(HERE / "models" / "qwen3-4b-2507"), help="dir with config.json")
     p.add_argument("--requests", default="32",
-                   help="comma list: one phase per count on the same engine, e.g. 32,112 (throughput, then capacity)")
+                   help="comma list: one phase per count on the same engine, e.g. 32,104 (throughput, then capacity)")
     p.add_argument("--prompt-len", type=int, default=131072)
     p.add_argument("--output-len", type=int, default=512)
     p.add_argument("--mem", type=float, default=0.85, help="mem_fraction_static")
@@ -204,12 +206,12 @@ def main() -> None:
     print(f"\n{result['meta']['gpu']}, {result['meta']['date']}, {Path(a.model).name}, dummy weights, "
           f"{a.prompt_len} in -> {a.output_len} out per request")
     print(f"{'setting':22} {'KV pool tokens':>15} {'done':>8} {'seconds':>8} {'out tok/s':>10} {'finished tok/s':>15} "
-          f"{'peak decoding':>14} {'peak running':>13} {'retracted':>10}")
+          f"{'peak decoding':>14} {'peak running':>13} {'prefill/prompt':>15}")
     for r in result["rows"]:
         done = f"{r['completed']}/{r['requests']}" + ("*" if r["partial"] else "")
         print(f"{r['setting']:22} {str(r['max_total_num_tokens']):>15} {done:>8} {r['seconds']:8.1f} "
               f"{r['output_tok_s']:10.1f} {r['finished_tok_s']:15.1f} {r['peak_concurrent_decoding']:14d} "
-              f"{str(r.get('peak_running_reqs', '-')):>13} {str(r.get('peak_retracted', '-')):>10}")
+              f"{str(r.get('peak_running_reqs', '-')):>13} {r.get('prefill_per_prompt_token') or 0:15.2f}")
     if any(r["partial"] for r in result["rows"]):
         print("* stopped at --time-limit: tokens/s counts every token streamed until then, finished or not")
 

@@ -52,16 +52,32 @@ for step in $steps; do
     faults)      logged faults python3 benchmarks/soak.py --faults --launch "$server --context-length 40960 ${SOAK_ARGS:-}" --server-log "$SWAA_RESULTS_DIR/faults_server$tag.log" --out "$SWAA_RESULTS_DIR/faults$tag.json" ;;
     concurrency) logged concurrency python3 benchmarks/bench_concurrency.py ${CONC_ARGS:-} --out "$SWAA_RESULTS_DIR/concurrency$tag.json" ;;
     bench)       logged bench_ops python3 benchmarks/bench_attention_ops.py ${BENCH_ARGS:-} --out "$SWAA_RESULTS_DIR/ops$tag.json" ;;
-    savejit)     # this host's FlashInfer JIT modules (one .so each) as <=15 MiB parts in $OUT, for .gpujit
+    savejit)     # this host's compiled FlashInfer modules, as <ver>/<arch>/<name>/<name>.so, in <=15 MiB parts
                  rm -rf /tmp/jit && mkdir -p /tmp/jit
                  for so in "$HOME"/.cache/flashinfer/*/*/cached_ops/*/*.so; do
-                   [ -e "$so" ] && mkdir -p "/tmp/jit/$(basename "$(dirname "$so")")" && cp "$so" "/tmp/jit/$(basename "$(dirname "$so")")/"
+                   [ -e "$so" ] || continue
+                   d=${so%/*}; name=${d##*/}; va=${d%/cached_ops/*}; va=${va#"$HOME"/.cache/flashinfer/}
+                   mkdir -p "/tmp/jit/$va/$name" && cp "$so" "/tmp/jit/$va/$name/"
                  done
-                 echo "savejit: $(ls /tmp/jit | wc -l) modules, $(du -sh /tmp/jit | cut -f1)"
-                 tar czf - -C /tmp/jit . | split -b 15M -d - "${OUT:-/tmp/out}/jitcache.tgz." ;;
-    loadjit)     # kernels an earlier host compiled (carry .gpujit: savejit's parts) into the AOT directory
-                 mkdir -p "$aot" && cat .gpujit/jitcache.tgz.* | tar xzf - -C "$aot" \
-                   && echo "loadjit: $(ls "$aot" | wc -l) FlashInfer modules in $aot" || rc=1 ;;
+                 rm -f "${OUT:-/tmp/out}"/jitcache.tgz.*
+                 tar czf - -C /tmp/jit . | split -b 15M -d - "${OUT:-/tmp/out}/jitcache.tgz."
+                 n=$(ls "${OUT:-/tmp/out}"/jitcache.tgz.* | wc -l)
+                 echo "savejit: $(find /tmp/jit -name '*.so' | wc -l) modules ($(ls /tmp/jit | tr '\n' ' ')), $n parts"
+                 # the device tool returns at most 8 files (64 MiB) per call, and a carry is at most 64 MiB
+                 if [ "$n" -gt 4 ]; then echo "savejit: $n parts (over 60 MiB) will not come back or travel whole" >&2; rc=1; fi ;;
+    loadjit)     # carried parts (.gpujit) -> FlashInfer's AOT directory, only the modules built for this host's
+                 # FlashInfer version and GPU arch; the archive is checked whole before anything is installed
+                 ws=${SWAA_FLASHINFER_WORKSPACE:-$(python3 -c "import flashinfer.jit.env as e; print(e.FLASHINFER_WORKSPACE_DIR)")}
+                 va="${ws%/*}"; va="${va##*/}/${ws##*/}"
+                 rm -rf /tmp/jitload && mkdir -p /tmp/jitload
+                 if ! cat .gpujit/jitcache.tgz.* | tar xzf - -C /tmp/jitload; then
+                   echo "loadjit: the .gpujit archive is incomplete or damaged; nothing installed" >&2; rc=1
+                 elif [ ! -d "/tmp/jitload/$va" ]; then
+                   echo "loadjit: no modules for this host's $va (archive has: $(cd /tmp/jitload && ls -d */* | tr '\n' ' ')); nothing installed"
+                 else
+                   mkdir -p "$aot" && cp -r "/tmp/jitload/$va"/. "$aot"/
+                   echo "loadjit: $(ls "/tmp/jitload/$va" | wc -l) FlashInfer modules for $va in $aot"
+                 fi ;;
     install) ;;
     *)           echo "gpu_host.sh: unknown step '$step' (see the list at the top of this file)" >&2; rc=1 ;;
   esac

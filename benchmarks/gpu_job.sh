@@ -11,6 +11,9 @@ run_job() {
   for w in "${words[@]}"; do
     if [[ $w == *=* && ${#steps[@]} == 0 ]]; then envs+=("$w"); else steps+=("$w"); fi
   done
+  if [ ${#steps[@]} = 0 ]; then  # gpu_host.sh would run its default steps instead
+    echo "run_job: no steps in job '$job'" | tee "$res/console.txt" >&2; echo "exit 2" >> "$res/console.txt"; return 2
+  fi
   echo "GPU $card: ${envs[*]} | steps: ${steps[*]}"
   CUDA_VISIBLE_DEVICES=$card SWAA_SKIP_INSTALL=1 SWAA_RESULTS_DIR=$res \
     timeout --kill-after=20 "$limit" env "${envs[@]}" bash benchmarks/gpu_host.sh "${steps[@]}" > "$res/console.txt" 2>&1

@@ -28,6 +28,7 @@ session_pids() {  # session_pids SID: the processes of session SID, read from /p
 case ${1:-} in
   start)
     shift
+    [ $# -gt 0 ] || { echo "gpu_queue: start needs at least one job" >&2; exit 2; }
     [ -e "$q/pid" ] && kill -0 "$(cat "$q/pid")" 2>/dev/null && { echo "gpu_queue: a queue is running ($q)" >&2; exit 2; }
     rm -rf "$q"; mkdir -p "$q/tree" "$q/jobs"
     tar cf - --exclude=./.gpu --exclude=./.git -C "$here/.." . | tar xf - -C "$q/tree"
@@ -42,19 +43,27 @@ case ${1:-} in
       echo "$(date +%T) start job $n: $job" >> "$q/queue.log"
       # each job in its own session, so that `skip` can end it and everything it started
       setsid bash -c 'source benchmarks/gpu_job.sh; run_job 0 "$1" "$2"' _ "$q/job$n" "$job" &
-      echo $! > "$q/current"; wait $!; r=$?; rm -f "$q/current"
+      sid=$!; echo $sid > "$q/current"; wait $sid; r=$?
+      # the job's leader is gone; let the rest of its session (SGLang's processes, a `skip`) end
+      # before the next job sizes its KV pool on the same GPU
+      for _ in $(seq 120); do [ -z "$(session_pids $sid)" ] && break; sleep 1; done
+      rm -f "$q/current"
       echo "$(date +%T) end job $n: exit $r" >> "$q/queue.log"; [ $r = 0 ] || rc=1
     done
     echo "$(date +%T) queue done: exit $rc" >> "$q/queue.log"; echo $rc > "$q/done" ;;
   wait)
     end=$((SECONDS + ${2:?wait SECONDS}))
-    while [ ! -e "$q/done" ] && [ $SECONDS -lt $end ]; do sleep 5; done
+    runner_alive() { [ -e "$q/pid" ] && kill -0 "$(cat "$q/pid")" 2>/dev/null; }
+    while [ ! -e "$q/done" ] && runner_alive && [ $SECONDS -lt $end ]; do sleep 5; done
     cat "$q/queue.log" 2>/dev/null
     for d in "$q"/job*/; do [ -e "$d/console.txt" ] && last=$d; done
     [ -n "${last:-}" ] && { echo "--- ${last}console.txt"; grep -v -i "warn\|torchao\|\"\"\"Config" "${last}console.txt" | tail -c 3000; echo; }
     out=${OUT:-/tmp/out}; mkdir -p "$out"
     tar czf "$out/queue_$(date +%H%M%S).tgz" -C "$q" --exclude=./tree . 2>/dev/null
     if [ -e "$q/done" ]; then [ "$(cat "$q/done")" = 0 ] && exit 0 || exit 1; fi
+    if ! runner_alive; then
+      echo "gpu_queue: no queue is running in $q (not started on this host, or its runner died)" >&2; exit 1
+    fi
     exit 3 ;;
   skip)
     [ -e "$q/current" ] || { echo "gpu_queue: no job running" >&2; exit 2; }

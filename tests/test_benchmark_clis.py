@@ -109,10 +109,9 @@ def test_concurrency_load_summary_shows_redone_prefill():
         from bench_concurrency import summarize_loads
     finally:
         sys.path.remove(str(BENCH))
-    samples = [{"num_running_reqs": r, "retracted": x, "total_prefill_uncached_tokens": t}
-               for r, x, t in [(0, 0, 500), (4, 0, 2500), (6, 3, 4500), (2, 1, 6500)]]
-    assert summarize_loads(samples, prompt_tokens=3000) == {"peak_running_reqs": 6, "peak_retracted": 3,
-                                                             "prefill_per_prompt_token": 2.0}
+    samples = [{"num_running_reqs": r, "total_prefill_uncached_tokens": t}
+               for r, t in [(0, 500), (4, 2500), (6, 4500), (2, 6500)]]
+    assert summarize_loads(samples, prompt_tokens=3000) == {"peak_running_reqs": 6, "prefill_per_prompt_token": 2.0}
     assert summarize_loads([], 10) == {}
 
 
@@ -129,28 +128,30 @@ def test_concurrency_phases_share_one_engine_and_flush_between(monkeypatch):
         sys.path.remove(str(BENCH))
     calls = []
 
-    class FakeLoads:  # the scheduler's side: requests running, prompt tokens prefilled so far
+    class FakeLoads:  # the scheduler's side: flush, requests running, prompt tokens prefilled so far
         def __init__(self):
             self.running = self.prefilled = 0
 
+        async def flush_cache(self, timeout_s):  # the bench waits for an idle scheduler
+            calls.append(("flush",))
+            assert timeout_s > 0
+            return type("Out", (), {"success": self.flush_ok, "message": ""})()
+
         async def get_loads(self, include):
             d = {"num_running_reqs": self.running, "num_waiting_reqs": 0, "num_used_tokens": 0, "token_usage": 0.0,
-                 "total_prefill_uncached_tokens": self.prefilled, "queues": {"retracted": 0}}
+                 "total_prefill_uncached_tokens": self.prefilled}
             return [type("Snap", (), {"to_dict": lambda _self, sections: d})()]
 
     class FakeEngine:
         def __init__(self, flush_ok=True):
-            self.loop, self.flush_ok, self.tokenizer_manager = asyncio.new_event_loop(), flush_ok, FakeLoads()
+            self.loop, self.tokenizer_manager = asyncio.new_event_loop(), FakeLoads()
+            self.tokenizer_manager.flush_ok = flush_ok
 
         def get_server_info(self):
             return {"max_total_num_tokens": 1000, "swa_max_total_num_tokens": 300, "version": "x"}
 
         def generate(self, input_ids, sampling_params):
             calls.append(("warm-up", len(input_ids)))
-
-        def flush_cache(self):
-            calls.append(("flush",))
-            return type("Out", (), {"success": self.flush_ok, "message": ""})()
 
         async def async_generate(self, input_ids, sampling_params, stream):
             calls.append(("request", len(input_ids)))
@@ -181,7 +182,7 @@ def test_concurrency_phases_share_one_engine_and_flush_between(monkeypatch):
     assert rows[0]["pool_info"] == {"max_total_num_tokens": 1000, "swa_max_total_num_tokens": 300}
     # the scheduler's samples: all of a phase ran at once, each prompt token prefilled once
     assert [r["peak_running_reqs"] for r in rows] == [2, 3]
-    assert [r["prefill_per_prompt_token"] for r in rows] == [1.0, 1.0] and rows[1]["peak_retracted"] == 0
+    assert [r["prefill_per_prompt_token"] for r in rows] == [1.0, 1.0]
 
     calls.clear()
     monkeypatch.setattr(bench_concurrency, "_engine", lambda *args: FakeEngine(flush_ok=False))

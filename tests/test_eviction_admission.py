@@ -49,7 +49,8 @@ def test_long_requests_beyond_the_swa_lock_budget_are_admitted_by_the_full_pool_
 def test_the_cache_switches_the_leaf_split_on_and_refuses_an_explicit_off(monkeypatch):
     from attention_backends.eviction import SPLIT_LEAF_ENV, require_split_leaf_on_insert
 
-    monkeypatch.delenv(SPLIT_LEAF_ENV, raising=False)
+    monkeypatch.setenv(SPLIT_LEAF_ENV, "1")  # recorded first, so teardown restores what was there before
+    monkeypatch.delenv(SPLIT_LEAF_ENV)
     require_split_leaf_on_insert()
     from sglang.srt.environ import envs
 

@@ -75,6 +75,17 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().split(") ")[1][0] != "Z"
 
 
+def test_gpu_queue_refuses_empty_work_and_does_not_wait_on_a_missing_runner(tree, tmp_path):
+    r = _queue(tree, tmp_path, "start")
+    assert r.returncode == 2 and "at least one job" in r.stderr
+    r = _queue(tree, tmp_path, "wait", "600", timeout=60)  # a fresh host: no queue, no endless wait
+    assert r.returncode == 1 and "no queue is running" in r.stderr
+    r = subprocess.run(["bash", "benchmarks/gpu_pair.sh", "60", "LOG_TAG=_only_env"], cwd=tree, env=_env(tmp_path),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "no steps in job" in r.stdout + r.stderr  # not gpu_host.sh's default steps
+    assert not Path("/tmp/res/job0/args.txt").exists()
+
+
 def test_gpu_queue_runs_in_the_background_and_a_hung_job_can_be_skipped(tree, tmp_path):
     q = tmp_path / "queue"
     r = _queue(tree, tmp_path, "start", 'PYTEST_K="a or b" ops', "hang", "CUDA_VISIBLE_DEVICES=0,1 models")
@@ -118,7 +129,8 @@ def test_gpu_host_saves_flashinfer_kernels_and_loads_them_as_aot_modules(tmp_pat
         (d / f"{name}.so").write_bytes(data)
         (d / "build.ninja").write_text("not carried")
     env = {**os.environ, "HOME": str(home), "OUT": str(tmp_path / "out"), "SWAA_SKIP_INSTALL": "1",
-           "SWAA_RESULTS_DIR": str(tmp_path / "res"), "SWAA_FLASHINFER_AOT": str(tmp_path / "aot")}
+           "SWAA_RESULTS_DIR": str(tmp_path / "res"), "SWAA_FLASHINFER_AOT": str(tmp_path / "aot"),
+           "SWAA_FLASHINFER_WORKSPACE": str(home / ".cache" / "flashinfer" / "0.6.15" / "90a")}
     (tmp_path / "out").mkdir()
 
     def host(*steps):
@@ -127,14 +139,26 @@ def test_gpu_host_saves_flashinfer_kernels_and_loads_them_as_aot_modules(tmp_pat
 
     r = host("savejit")
     assert r.returncode == 0, r.stderr
-    assert "savejit: 2 modules" in r.stdout
+    assert "savejit: 2 modules (0.6.15 ), 1 parts" in r.stdout
     parts = sorted((tmp_path / "out").glob("jitcache.tgz.*"))
     assert parts and all(p.stat().st_size <= 15 * 2**20 for p in parts)
     (root / ".gpujit").mkdir()
+    # a damaged archive installs nothing (a partial .so would be loaded without compiling)
+    (root / ".gpujit" / parts[0].name).write_bytes(parts[0].read_bytes()[:-200])
+    r = host("loadjit")
+    assert r.returncode == 1 and "damaged; nothing installed" in r.stderr
+    assert not (tmp_path / "aot").exists() or not any((tmp_path / "aot").iterdir())
     for part in parts:
         shutil.copy(part, root / ".gpujit" / part.name)
+    # another FlashInfer version or GPU arch: nothing installed
+    env["SWAA_FLASHINFER_WORKSPACE"] = str(home / ".cache" / "flashinfer" / "0.6.16" / "90a")
+    r = host("loadjit")
+    assert r.returncode == 0 and "no modules for this host's 0.6.16/90a" in r.stdout
+    assert not (tmp_path / "aot").exists() or not any((tmp_path / "aot").iterdir())
+    env["SWAA_FLASHINFER_WORKSPACE"] = str(home / ".cache" / "flashinfer" / "0.6.15" / "90a")
     r = host("loadjit")
     assert r.returncode == 0, r.stderr
+    assert "loadjit: 2 FlashInfer modules for 0.6.15/90a" in r.stdout
     for name, data in modules.items():
         assert (tmp_path / "aot" / name / f"{name}.so").read_bytes() == data
     assert not list((tmp_path / "aot").glob("*/build.ninja"))
