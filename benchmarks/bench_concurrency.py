@@ -152,7 +152,7 @@ def measure(setting: str, a, emit) -> None:
             # each phase starts from empty pools (no hits on an earlier phase); SGLang flushes only an
             # idle scheduler, and the aborts of a time-limited phase may still be draining: wait up to 120 s
             flushed = engine.loop.run_until_complete(engine.tokenizer_manager.flush_cache(timeout_s=120))
-            if not getattr(flushed, "success", True):
+            if not flushed.success:
                 raise RuntimeError(f"{setting}: flush_cache before the x{n} phase failed: {flushed}")
             prompts = [[rng.randrange(1000, 100000) for _ in range(a.prompt_len)] for _ in range(n)]
             bar = tqdm(total=n, desc=f"{setting} x{n}") if tqdm else None
@@ -164,8 +164,8 @@ def measure(setting: str, a, emit) -> None:
             if bar:
                 bar.close()
             emit({"setting": setting, "startup_s": startup, **pool, "warmup_s": warmup, "requests": n,
-                         "partial": partial, **summarize(per_request, elapsed), **summarize_loads(loads, n * a.prompt_len),
-                         "loads": loads, "per_request": per_request})
+                  "partial": partial, **summarize(per_request, elapsed), **summarize_loads(loads, n * a.prompt_len),
+                  "loads": loads, "per_request": per_request})
     finally:
         engine.shutdown()
 

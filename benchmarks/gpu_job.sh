@@ -1,4 +1,4 @@
-# Sourced by gpu_pair.sh and gpu_queue.sh: run one gpu_host.sh job.
+# Sourced by gpu_pair.sh and gpu_queue.sh: run one gpu_host.sh job, and show the end of its console.
 #   run_job CARD RESULTS_DIR JOB [SECONDS]
 # JOB is a string of `env` assignments followed by gpu_host.sh steps, quoted as in a shell:
 #   'PYTEST_K="tensor or True" LOG_TAG=_x models'.  The job runs on GPU CARD (a JOB that sets
@@ -20,4 +20,8 @@ run_job() {
   local rc=$?
   echo "exit $rc" >> "$res/console.txt"
   return $rc
+}
+
+console_tail() {  # console_tail FILE TAIL_ARGS...: the end of a job's console without SGLang's import warnings
+  grep -v -i "warn\|torchao\|\"\"\"Config" "$1" | tail "${@:2}"
 }

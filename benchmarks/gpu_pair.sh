@@ -15,11 +15,10 @@ for job in "$@"; do
   run_job "$card" "/tmp/res/job$card" "$job" "$limit" &
   pids+=($!); card=$((card + 1))
 done
-wait "${pids[@]}"
-tar czf "$out/results_$(date +%H%M%S).tgz" -C /tmp/res . 2>/dev/null
 rc=0
+for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+tar czf "$out/results_$(date +%H%M%S).tgz" -C /tmp/res . 2>/dev/null
 for ((c = 0; c < card; c++)); do
-  echo "=== job $c"; grep -v -i "warn\|torchao\|\"\"\"Config" /tmp/res/job$c/console.txt | tail -25
-  [ "$(tail -1 /tmp/res/job$c/console.txt)" = "exit 0" ] || rc=1
+  echo "=== job $c"; console_tail /tmp/res/job$c/console.txt -n 25
 done
 exit $rc

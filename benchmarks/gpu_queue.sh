@@ -17,6 +17,7 @@
 set -uo pipefail
 q=${SWAA_QUEUE_DIR:-/tmp/queue}
 here=$(cd "$(dirname "$0")" && pwd)
+source "$here/gpu_job.sh"
 session_pids() {  # session_pids SID: the processes of session SID, read from /proc (no procps needed)
   local f line fields
   for f in /proc/[0-9]*/stat; do
@@ -37,7 +38,6 @@ case ${1:-} in
     sleep 1; echo "gpu_queue: $i jobs queued in $q"; cat "$q/queue.log" 2>/dev/null ;;
   run)  # the background runner (started by `start`, from the snapshot)
     echo $$ > "$q/pid"; rc=0
-    source benchmarks/gpu_job.sh
     for f in "$q"/jobs/*; do
       n=$(basename "$f"); job=$(cat "$f")
       echo "$(date +%T) start job $n: $job" >> "$q/queue.log"
@@ -57,7 +57,7 @@ case ${1:-} in
     while [ ! -e "$q/done" ] && runner_alive && [ $SECONDS -lt $end ]; do sleep 5; done
     cat "$q/queue.log" 2>/dev/null
     for d in "$q"/job*/; do [ -e "$d/console.txt" ] && last=$d; done
-    [ -n "${last:-}" ] && { echo "--- ${last}console.txt"; grep -v -i "warn\|torchao\|\"\"\"Config" "${last}console.txt" | tail -c 3000; echo; }
+    [ -n "${last:-}" ] && { echo "--- ${last}console.txt"; console_tail "${last}console.txt" -c 3000; echo; }
     out=${OUT:-/tmp/out}; mkdir -p "$out"
     tar czf "$out/queue_$(date +%H%M%S).tgz" -C "$q" --exclude=./tree . 2>/dev/null
     if [ -e "$q/done" ]; then [ "$(cat "$q/done")" = 0 ] && exit 0 || exit 1; fi

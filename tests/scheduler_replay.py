@@ -81,7 +81,7 @@ class Sim:
         self.forward_ct = 0
         self.stats = dict(prefill_passes=0, prefill_tokens=0, decode_steps=0, retracted=0, finished=0,
                           aborted=0, first_tokens=0, readmit=0, readmit_hit_tokens=0, victim_outputs=0,
-                          prefill_chunk_hist={}, est_time=0.0, hit_tokens=0, peak_running=0)
+                          est_time=0.0, peak_running=0)
         self.nid = 0
 
     # --- requests ---------------------------------------------------------------------
@@ -181,9 +181,6 @@ class Sim:
                 r.kv.kv_allocated_len = e
             r.extend_batch_idx += 1
             r.kv_committed_len = e
-            h = self.stats["prefill_chunk_hist"]
-            b = 1 << max(0, (e - p).bit_length() - 1)
-            h[b] = h.get(b, 0) + 1
         self.stats["prefill_passes"] += 1
         self.stats["prefill_tokens"] += n
         # time model (H200, scaled back by self.a.scale): 12 ms fixed + 132 ms per 8192 real tokens
@@ -302,7 +299,7 @@ def main():
         steps += 1
         if a.log_every and steps % a.log_every == 0:
             print(f"  step {steps}: {sim.snapshot()}", flush=True)
-    st = {k: v for k, v in sim.stats.items() if k != "prefill_chunk_hist"}
+    st = dict(sim.stats)
     st.update(requests=a.requests, prompt_tokens=a.requests * a.L, passes=steps, cpu_s=round(time.time() - t0, 1),
               drained=not (sim.waiting or sim.running or sim.chunked_req), config=vars(a))
     print("RESULT " + json.dumps(st), flush=True)
