@@ -216,6 +216,14 @@ class SWAASinkRadixCache(SWARadixCache):  # type: ignore[misc,valid-type]
         self.keep_first = keep_first
         self.sink_len = sink_floor(keep_first, params.page_size)
         super().__init__(params)
+        from sglang.srt.environ import envs
+
+        from .admission import decode_swa_headroom
+
+        # read by the admission hooks (attention_backends.admission): their presence switches them on
+        self.decode_swa_headroom = decode_swa_headroom(
+            self.sliding_window_size, envs.SGLANG_SWA_EVICTION_INTERVAL.get(), self.page_size
+        )
 
     # -- tree geometry -------------------------------------------------------------
     def _path(self, node) -> list:

@@ -136,7 +136,7 @@ def measure(setting: str, a, emit) -> None:
         tqdm = None
     rng = random.Random(0)
     t0 = time.perf_counter()
-    engine = _engine(setting, a.model, a.prompt_len + a.output_len + 64, a.mem, {})
+    engine = _engine(setting, a.model, a.context_len or a.prompt_len + a.output_len + 64, a.mem, {})
     startup = time.perf_counter() - t0
     try:
         info = engine.get_server_info()
@@ -179,6 +179,9 @@ def main() -> None:
                    help="comma list: one phase per count on the same engine, e.g. 32,104 (throughput, then capacity)")
     p.add_argument("--prompt-len", type=int, default=131072)
     p.add_argument("--output-len", type=int, default=512)
+    p.add_argument("--context-len", type=int, default=None,
+                   help="the engine's context length, which sizes the pools with eviction (default: prompt + "
+                        "output + 64); e.g. 131136 with --prompt-len 16384 serves short requests on a 128K server")
     p.add_argument("--mem", type=float, default=0.85, help="mem_fraction_static")
     p.add_argument("--time-limit", type=float, help="stop waiting after this many seconds per phase (partial)")
     p.add_argument("--sample-every", type=float, default=5.0,
@@ -191,6 +194,9 @@ def main() -> None:
             raise ValueError
     except ValueError:
         p.error(f"--requests: expected positive integers separated by commas, got {a.requests!r}")
+    if a.context_len is not None and a.context_len < a.prompt_len + a.output_len:
+        p.error(f"--context-len: must hold --prompt-len + --output-len = {a.prompt_len + a.output_len}; "
+                f"got {a.context_len}")
     import torch
 
     result = {"meta": {"gpu": torch.cuda.get_device_name(), "date": date.today().isoformat(), "model": a.model,

@@ -259,6 +259,9 @@ def register() -> None:
         "sglang.srt.configs.model_config.ModelConfig._derive_hybrid_model", _eviction_model_config, HookType.BEFORE
     )
     HookRegistry.register("sglang.srt.managers.schedule_batch.Req.__init__", _req_sink_floor, HookType.AFTER)
+    from attention_backends.admission import register_admission_hooks
+
+    register_admission_hooks()  # no-ops unless the scheduler's tree cache is SWAASinkRadixCache
     _registered = True
     logger.info("swaa: attention backend registered")
 

@@ -6,11 +6,19 @@ SWAASinkRadixCache, alloc_token_slots / alloc_req_slots, release_kv_cache, relea
 free_swa_out_of_window_slots, NewTokenRatioTracker. The loop mirrors (non-overlap)
 scheduler.get_next_batch_to_run / _get_new_batch_prefill_raw / update_running_batch /
 ScheduleBatch.check_decode_mem / retract_decode / prepare_for_extend / prepare_for_decode /
-maybe_evict_swa and the prefill and decode result processing. No model: the next token is a
-fresh id. Sizes are those of the H200 run (Qwen3-4B shape, 128K prompts, W = 2048, k = 100,
-chunk 8192, pools as SGLang sized them) divided by --scale.
+maybe_evict_swa and the prefill and decode result processing. The plugin's admission hooks
+(attention_backends/admission.py) are registered and applied through SGLang's HookRegistry, as in
+a server; --leave-out drops some for controls. No model: the next token is a fresh id. Sizes are
+those of the H200 run (Qwen3-4B shape, 128K context, W = 2048, k = 100, chunk 8192, pools as
+SGLang sized them) divided by --scale; --prompt-real / --new-real set the requests.
 
-    python tests/scheduler_replay.py --scale 32 --requests 104 [--control-no-split]
+Reported (one RESULT line of JSON): retractions, requests that started decoding from part of their
+prompt (short_prefills), prompt tokens prefilled against sent, the most requests running at once,
+the most SWA slots a request owned past the tree, a modelled H200 time, and whether both pools are
+whole after the tree is flushed at the end.
+
+    python tests/scheduler_replay.py --scale 32 --requests 104 [--control-no-split] [--leave-out reserve,one-chunk]
+    python tests/scheduler_replay.py --scale 32 --requests 300 --prompt-real 16384 --new-real 8192
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from sglang.srt.managers.schedule_policy import AddReqResult, PrefillAdder
 from sglang.srt.managers.scheduler_components.new_token_ratio_tracker import NewTokenRatioTracker
 from sglang.srt.mem_cache.allocation import alloc_req_slots, alloc_token_slots
 from sglang.srt.mem_cache.allocator.swa import SWATokenToKVPoolAllocator
+from sglang.srt.mem_cache.base_prefix_cache import EvictParams
 from sglang.srt.mem_cache.cache_init_params import CacheInitParams
 from sglang.srt.mem_cache.common import (
     evict_from_tree_cache,
@@ -43,6 +52,7 @@ from sglang.srt.mem_cache.swa_memory_pool import SWAKVPool
 from sglang.srt.mem_cache.swa_radix_cache import SWARadixCache
 from sglang.srt.sampling.sampling_params import SamplingParams
 
+from attention_backends.admission import owned_swa_slots
 from attention_backends.eviction import SWAASinkRadixCache, sink_floor
 import sglang.srt.managers.schedule_policy as _sp
 _sp.is_dsa_prefill_cp_in_seq_split = lambda: False
@@ -81,7 +91,7 @@ class Sim:
         self.forward_ct = 0
         self.stats = dict(prefill_passes=0, prefill_tokens=0, decode_steps=0, retracted=0, finished=0,
                           aborted=0, first_tokens=0, readmit=0, readmit_hit_tokens=0, victim_outputs=0,
-                          est_time=0.0, peak_running=0)
+                          est_time=0.0, peak_running=0, max_owned_swa=0, short_prefills=0)
         self.nid = 0
 
     # --- requests ---------------------------------------------------------------------
@@ -187,6 +197,8 @@ class Sim:
         self.stats["est_time"] += 0.012 + 0.132 * n * self.a.scale / 8192
         for r in reqs:
             if r.inflight_middle_chunks <= 0:
+                if r.kv_committed_len < len(r.origin_input_ids) + len(r.output_ids):
+                    self.stats["short_prefills"] += 1  # decodes from part of its prompt (it was cut, then dropped)
                 r.output_ids.append(self.next_token())
                 self.stats["first_tokens"] += 1
                 self.finish_check(r)
@@ -248,6 +260,7 @@ class Sim:
             r.kv.kv_allocated_len += 1
             r.decode_batch_idx += 1
             r.kv_committed_len += 1
+        self.stats["max_owned_swa"] = max(self.stats["max_owned_swa"], max(owned_swa_slots(r) for r in reqs))
         self.stats["decode_steps"] += 1
         self.stats["est_time"] += 0.008
         for r in reqs:
@@ -256,6 +269,14 @@ class Sim:
             if r.finished():
                 release_kv_cache(r, self.tree)
                 self.stats["finished"] += 1
+
+    def pools_after_flush(self) -> dict:
+        """Evict the whole tree, then compare the free slots of each pool with its size (no leak, no double free)."""
+        t = self.tree
+        t.evict(EvictParams(num_tokens=t.full_evictable_size(), swa_num_tokens=t.swa_evictable_size()))
+        full_free, swa_free = self.alloc.full_available_size(), self.alloc.swa_available_size()
+        return dict(full_free_after_flush=full_free, swa_free_after_flush=swa_free,
+                    pools_whole=full_free == self.a.full and swa_free == self.a.swa)
 
     def snapshot(self):
         t = self.tree
@@ -272,25 +293,42 @@ def main():
     p.add_argument("--cache", default="ours", choices=["ours", "stock"], help="SWAASinkRadixCache or SWARadixCache")
     p.add_argument("--control-no-split", action="store_true",
                    help="switch SGLang's leaf split on insert back off after the cache is built (the control)")
+    p.add_argument("--leave-out", default="", help="comma list of the plugin's admission hooks to leave out "
+                   "(controls): reserve (SWA for running requests' decode growth), one-chunk (one cut request per pass)")
     p.add_argument("--max-steps", type=int, default=200000)
     p.add_argument("--chunk-real", type=int, default=8192)
     p.add_argument("--max-running", type=int, default=4096)
     p.add_argument("--conservativeness", type=float, default=1.0)
     p.add_argument("--interval-real", type=int, default=128)
+    p.add_argument("--prompt-real", type=int, default=131072, help="prompt tokens per request (before --scale)")
+    p.add_argument("--new-real", type=int, default=512, help="new tokens per request (before --scale)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=0)
     a = p.parse_args()
     s = a.scale
-    a.L = 131072 // s
+    a.L = a.prompt_real // s
     a.wm1 = 2048 // s - 1
     a.k = -(-100 // s)
     a.chunk = a.chunk_real // s
     a.max_prefill = 16384 // s
-    a.max_new = 512 // s
+    a.max_new = a.new_real // s
     a.full = 13_106_604 // s
     a.swa = int(13_106_604 * 2 * (2048 + 100 + 128 + 1) / 131648) // s  # SGLang's sizing in the H200 run
     a.interval = max(1, a.interval_real // s)
     a.max_reqs = a.requests + 8
+    from sglang.srt.environ import envs
+
+    envs.SGLANG_SWA_EVICTION_INTERVAL.set(a.interval)  # what the cache's decode headroom is computed from
+    left_out = {x for x in a.leave_out.split(",") if x}
+    if left_out - {"reserve", "one-chunk"}:
+        p.error(f"--leave-out: unknown hooks {sorted(left_out - {'reserve', 'one-chunk'})}; allowed: reserve, one-chunk")
+    # the plugin registers these in every SGLang process, and SGLang applies them
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    from attention_backends.admission import register_admission_hooks
+
+    register_admission_hooks(reserve="reserve" not in left_out, one_chunk="one-chunk" not in left_out)
+    HookRegistry.apply_hooks()
     sim = Sim(a)
     sim.submit(a.requests)
     t0, steps = time.time(), 0
@@ -300,6 +338,7 @@ def main():
         if a.log_every and steps % a.log_every == 0:
             print(f"  step {steps}: {sim.snapshot()}", flush=True)
     st = dict(sim.stats)
+    st.update(sim.pools_after_flush())
     st.update(requests=a.requests, prompt_tokens=a.requests * a.L, passes=steps, cpu_s=round(time.time() - t0, 1),
               drained=not (sim.waiting or sim.running or sim.chunked_req), config=vars(a))
     print("RESULT " + json.dumps(st), flush=True)

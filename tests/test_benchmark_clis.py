@@ -14,7 +14,8 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.mark.parametrize("script, words", [
     ("bench_attention_ops.py", ["--window", "--sinks", "--backends", "--quick", "--out"]),
     ("bench_e2e.py", ["--settings", "--lengths", "--offline-requests", "--quick", "--out"]),
-    ("bench_concurrency.py", ["--settings", "--requests", "--prompt-len", "--output-len", "--time-limit", "+evict"]),
+    ("bench_concurrency.py", ["--settings", "--requests", "--prompt-len", "--output-len", "--context-len",
+                               "--time-limit", "+evict"]),
 ])
 def test_help(script, words):
     r = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=300)
@@ -170,13 +171,14 @@ def test_concurrency_phases_share_one_engine_and_flush_between(monkeypatch):
             calls.append(("shutdown",))
             self.loop.close()
 
-    engines = []
-    monkeypatch.setattr(bench_concurrency, "_engine", lambda *args: engines.append(FakeEngine()) or engines[-1])
+    engines, contexts = [], []
+    monkeypatch.setattr(bench_concurrency, "_engine",
+                        lambda *args: contexts.append(args[2]) or engines.append(FakeEngine()) or engines[-1])
     a = argparse.Namespace(model="m", prompt_len=8, output_len=4, mem=0.5, time_limit=None, requests=[2, 3],
-                           sample_every=0.005)
+                           sample_every=0.005, context_len=None)
     rows = []
     bench_concurrency.measure("sink100-2k+evict", a, rows.append)
-    assert len(engines) == 1
+    assert len(engines) == 1 and contexts == [8 + 4 + 64]  # the context sizes the pools: prompt + output + 64
     assert [c[0] for c in calls] == ["warm-up", "flush", "request", "request", "flush"] + ["request"] * 3 + ["shutdown"]
     assert [(r["requests"], r["completed"], r["output_tokens"]) for r in rows] == [(2, 2, 8), (3, 3, 12)]
     assert rows[0]["pool_info"] == {"max_total_num_tokens": 1000, "swa_max_total_num_tokens": 300}
@@ -189,3 +191,10 @@ def test_concurrency_phases_share_one_engine_and_flush_between(monkeypatch):
     with pytest.raises(RuntimeError, match="flush_cache before the x2 phase failed"):
         bench_concurrency.measure("vanilla", a, rows.append)
     assert calls[-1] == ("shutdown",) and len(rows) == 2
+
+
+def test_concurrency_context_len_must_hold_the_request():
+    r = subprocess.run([sys.executable, str(BENCH / "bench_concurrency.py"), "--prompt-len", "16384",
+                        "--output-len", "8192", "--context-len", "20000"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert "--context-len: must hold --prompt-len + --output-len = 24576; got 20000" in r.stderr

@@ -1,11 +1,18 @@
-"""Admission with window eviction under load: more 128K-token requests than the SWA pool holds as
-whole-chunk locks (the H200 run where 104 of them made no request finish in 11 minutes).
+"""Admission with window eviction under load.
 
 tests/scheduler_replay.py replays SGLang's scheduler loop around its real admission, allocator,
-pool and tree classes and our SWAASinkRadixCache, at the H200 run's sizes divided by 32. With the
-cache as built (it switches on SGLang's leaf split on insert) the full pool decides: 99 requests
-run at once, none is retracted, every prompt token is prefilled once. The control, with the split
-switched back off, shows the thrash: about 54 run at once, and retracted requests are prefilled again.
+pool and tree classes, our SWAASinkRadixCache and the plugin's admission hooks
+(attention_backends/admission.py), at the H200 run's sizes divided by 32 (pools as the launcher
+sizes them for a 128K context). Three failure modes, each with its control:
+
+* more 128K-token requests than the SWA pool holds as whole-chunk locks (the H200 run where 104
+  of them made no request finish in 11 minutes): the leaf split on insert;
+* shorter prompts with long generations: running requests outgrow the SWA pool and decode
+  retracts them, redoing their prefill: the SWA reservation for decode growth;
+* two requests cut to SWA-sized chunks in one pass: the first is dropped as chunked and decodes
+  from part of its prompt: one cut request per pass.
+
+After every run the tree is flushed and both pools must be whole (no leak, no double free).
 """
 
 from __future__ import annotations
@@ -20,9 +27,12 @@ import pytest
 REPLAY = Path(__file__).resolve().parent / "scheduler_replay.py"
 
 
-def _replays(*variants: list[str]) -> list[dict]:
+HEADROOM_AT_SCALE_32 = 63 + 2 * 4 + 1  # decode_swa_headroom(W - 1 = 2047 / 32, interval 128 / 32, page 1)
+
+
+def _replays(*variants: list[str], requests: int = 104) -> list[dict]:
     """Run the replay once per argument list, in parallel subprocesses (it patches SGLang globals)."""
-    procs = [subprocess.Popen([sys.executable, str(REPLAY), "--scale", "32", "--requests", "104", *args],
+    procs = [subprocess.Popen([sys.executable, str(REPLAY), "--scale", "32", "--requests", str(requests), *args],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for args in variants]
     results = []
     for proc in procs:
@@ -34,9 +44,12 @@ def _replays(*variants: list[str]) -> list[dict]:
 
 
 def test_long_requests_beyond_the_swa_lock_budget_are_admitted_by_the_full_pool_without_retraction():
-    fixed, control = _replays([], ["--control-no-split"])
-    for r in (fixed, control):
+    # the control is SGLang's own admission (no split, none of the plugin's admission hooks): the H200 stall
+    fixed, control, reserve_only = _replays([], ["--control-no-split", "--leave-out", "reserve,one-chunk"],
+                                            ["--control-no-split"])
+    for r in (fixed, control, reserve_only):
         assert r["drained"] and r["finished"] == r["requests"] == 104 and r["aborted"] == 0
+        assert r["pools_whole"] and r["short_prefills"] == 0
     # full pool (13.1M / 32) over 4,096 + 16 tokens per request: 99 at once
     assert fixed["peak_running"] == fixed["config"]["full"] // (fixed["config"]["L"] + fixed["config"]["max_new"]) == 99
     assert fixed["retracted"] == 0 and fixed["prefill_tokens"] == fixed["prompt_tokens"]
@@ -44,6 +57,8 @@ def test_long_requests_beyond_the_swa_lock_budget_are_admitted_by_the_full_pool_
     # requests whose prefill is then done again (at full scale: about one retraction per decode step)
     assert control["peak_running"] < 60
     assert control["retracted"] > 0 and control["prefill_tokens"] > control["prompt_tokens"]
+    # the SWA reservation alone stops the retractions, but whole-chunk locks still halve the running set
+    assert reserve_only["retracted"] == 0 and reserve_only["peak_running"] < 60
 
 
 def test_the_cache_switches_the_leaf_split_on_and_refuses_an_explicit_off(monkeypatch):
@@ -60,3 +75,86 @@ def test_the_cache_switches_the_leaf_split_on_and_refuses_an_explicit_off(monkey
     monkeypatch.setenv(SPLIT_LEAF_ENV, "0")
     with pytest.raises(ValueError, match=r"SGLANG_OPT_SWA_SPLIT_LEAF_ON_INSERT='0': window eviction needs"):
         require_split_leaf_on_insert()
+
+
+def _clean(r: dict) -> None:
+    """Every request done, each prompt token prefilled once, none retracted or cut short, pools whole."""
+    assert r["drained"] and r["finished"] == r["requests"] and r["aborted"] == 0
+    assert r["retracted"] == 0 and r["short_prefills"] == 0
+    assert r["prefill_tokens"] == r["prompt_tokens"]
+    assert r["pools_whole"], (r["full_free_after_flush"], r["swa_free_after_flush"])
+
+
+def test_running_requests_decode_growth_is_reserved_so_decode_never_retracts():
+    """300 requests of 16K in and 8K out (scaled): the full pool admits about 210 at once, the SWA pool
+    carries about 106 to the end of their generations. Without the reservation decode retracts
+    hundreds of times and most prefill is done again (a retracted request's window is evicted)."""
+    shape = ["--prompt-real", "16384", "--new-real", "8192"]
+    fixed, control = _replays(shape, [*shape, "--leave-out", "reserve"], requests=300)
+    _clean(fixed)
+    assert fixed["peak_running"] >= 100  # the SWA pool is used, not starved
+    assert fixed["max_owned_swa"] <= HEADROOM_AT_SCALE_32  # the bound the reservation assumes held
+    assert control["finished"] == 300 and control["pools_whole"]
+    assert control["retracted"] > 100 and control["prefill_tokens"] > 2 * control["prompt_tokens"]
+    assert control["max_owned_swa"] > HEADROOM_AT_SCALE_32  # prefill passes kept deferring SGLang's freeing
+    assert fixed["est_time"] < control["est_time"] / 2  # modelled H200 time
+
+
+def test_one_request_is_cut_to_a_chunk_per_pass():
+    """600 requests of 2K in and 1K out, reservation left out so the SWA pool runs tight: SGLang's
+    SWA chunk cap cuts a request, the pass goes on and cuts a second one, which replaces the first
+    as the chunked request; the first then decodes from part of its prompt. With the guard none does."""
+    shape = ["--prompt-real", "2048", "--new-real", "1024"]
+    guarded, control = _replays([*shape, "--leave-out", "reserve"], [*shape, "--leave-out", "reserve,one-chunk"],
+                                requests=600)
+    for r in (guarded, control):
+        assert r["drained"] and r["finished"] == 600 and r["retracted"] > 0  # the tight pool of this scenario
+    assert guarded["short_prefills"] == 0 and guarded["pools_whole"]
+    assert control["short_prefills"] > 0
+
+
+def test_all_hooks_leave_short_request_loads_clean():
+    """The same 600 requests with every hook: no retraction, no cut-short request."""
+    (r,) = _replays(["--prompt-real", "2048", "--new-real", "1024"], requests=600)
+    _clean(r)
+
+
+def test_the_hooks_do_nothing_without_the_swaa_cache():
+    """The plugin registers its hooks in every SGLang process; with SGLang's own SWA cache (a vanilla
+    server) the replay must run exactly as without them."""
+    shape = ["--cache", "stock", "--prompt-real", "2048", "--new-real", "1024"]
+    hooked, bare = _replays(shape, [*shape, "--leave-out", "reserve,one-chunk"], requests=600)
+    drop = {"cpu_s", "config"}
+    assert {k: v for k, v in hooked.items() if k not in drop} == {k: v for k, v in bare.items() if k not in drop}
+    assert hooked["retracted"] > 0  # the scenario does exercise SWA pressure
+
+
+def test_reservation_arithmetic():
+    from types import SimpleNamespace as NS
+
+    from attention_backends.admission import (
+        decode_swa_headroom,
+        new_request_decode_growth,
+        owned_swa_slots,
+        running_decode_growth,
+    )
+
+    assert decode_swa_headroom(2047, 128, 1) == 2047 + 256 + 1
+    assert decode_swa_headroom(2047, 0, 16) == 2047 + 2 + 16  # SGLang treats interval 0 as 1
+
+    def req(allocated, evicted, protected, max_new, outputs):
+        return NS(kv=NS(kv_allocated_len=allocated, swa_evicted_seqlen=evicted), cache_protected_len=protected,
+                  sampling_params=NS(max_new_tokens=max_new), output_ids=[0] * outputs)
+
+    assert owned_swa_slots(NS(kv=None)) == 0
+    # just prefilled 10,000 tokens (all in the tree): may take the whole headroom, capped by what is left
+    assert running_decode_growth(req(10_000, 0, 10_000, 512, 1), 2304) == 511
+    assert running_decode_growth(req(10_000, 0, 10_000, 5000, 1), 2304) == 2304
+    # 3,000 decoded, SGLang freed up to 11,000: owns 2,000 slots past the tree, may add 304 more
+    assert running_decode_growth(req(13_000, 11_000, 10_000, 5000, 3000), 2304) == 304
+    # owns more than the headroom (freeing deferred): nothing more is charged
+    assert running_decode_growth(req(13_000, 10_000, 10_000, 5000, 3000), 2304) == 0
+    # new request: SGLang already reserves min(extend + max_new, W) - extend for decode
+    assert new_request_decode_growth(extend_len=8192, max_new=512, window_m1=2047, headroom=2304) == 512
+    assert new_request_decode_growth(extend_len=100, max_new=5000, window_m1=2047, headroom=2304) == 2304 - 1947
+    assert new_request_decode_growth(extend_len=0, max_new=10, window_m1=2047, headroom=2304) == 0

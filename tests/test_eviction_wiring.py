@@ -268,6 +268,9 @@ def test_plugin_registers_cache_backend_and_hooks_in_a_fresh_process():
         "assert getattr(Req.__init__, '__wrapped__', None) is not None, 'Req hook not applied'\n"
         "from sglang.srt.configs.model_config import ModelConfig\n"
         "assert getattr(ModelConfig._derive_hybrid_model, '__wrapped__', None) is not None, 'ModelConfig hook'\n"
+        "from sglang.srt.managers.schedule_policy import PrefillAdder\n"
+        "for name in ('__init__', '_swa_reserved_tokens', 'add_one_req'):\n"
+        "    assert getattr(getattr(PrefillAdder, name), '__wrapped__', None) is not None, 'admission hook ' + name\n"
         "print('registered')\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
