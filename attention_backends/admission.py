@@ -7,43 +7,47 @@ is sized for whole sequences and the SWA pool for windows, so for prompts shorte
 launcher sized for, admission fills the SWA pool with parked windows; every running request
 then still grows by up to a window of decode tokens, decode runs out of SWA slots, and
 ``retract_decode`` throws prefills away. A retracted request's window is SWA-evicted under that
-pressure, so its whole prefill is redone (CPU replay: 300 requests of 16K in and 2K out with
-the launcher's pool prefilled 69% more tokens than were sent, with 222 retractions).
+pressure, so its whole prefill is redone (CPU replay: 300 requests of 16K in and 8K out with
+the launcher's pools prefilled 3.98 tokens per prompt token, with 854 retractions).
 
-Each running request owns at most ``decode_swa_headroom`` SWA slots beyond its cached prefix
-(its window of decode tokens plus what SGLang frees only every ``SGLANG_SWA_EVICTION_INTERVAL``
-steps); what it may still add is that bound minus what it owns now, and never more than it
-has left to decode. Two AFTER hooks on ``PrefillAdder`` (installed by the plugin; no-ops
-unless the tree cache is :class:`~attention_backends.eviction.SWAASinkRadixCache`) charge it:
+A decoding request owns about ``decode_swa_headroom`` SWA slots at most beyond its prompt (its
+window of decode tokens plus what SGLang frees only every ``SGLANG_SWA_EVICTION_INTERVAL``
+decode iterations); what it may still add is that minus what it owns now, and never more than
+it has left to decode. Hooks on ``PrefillAdder`` (installed by the plugin; no-ops unless the
+tree cache is :class:`~attention_backends.eviction.SWAASinkRadixCache`) charge it:
 
-* ``__init__``: the growth of every running request, into ``rem_swa_token_offset``;
-* ``_swa_reserved_tokens``: a new request's own decode growth, beyond the part of a window
+* AFTER ``__init__``: the growth of every running request, into ``rem_swa_token_offset``;
+* BEFORE ``add_chunked_req``: the growth of the request being prefilled in chunks (it is not in
+  the running batch), before its next chunk is sized;
+* AFTER ``_swa_reserved_tokens``: a new request's own decode growth, beyond the part of a window
   SGLang already reserves for it (used by both its SWA gate and its chunk cap).
 
 A request is then admitted only when the SWA pool can carry it and everything already running
-to the end of their generations, so decode never retracts for SWA; when it cannot, admission
-waits for running requests to finish (they always can: their growth is reserved).
+to the end of their generations; when it cannot, admission waits for running requests to
+finish, which they can, since their growth is reserved. The headroom is an estimate of SGLang's
+freeing cadence, not a hard bound (a prefill batch on a maintenance iteration defers the
+freeing, and enough of them in a row defer it further): a request that outgrows it meets
+SGLang's ordinary retraction, as without these hooks.
 
-A third hook (AROUND ``add_one_req``) keeps SGLang's own invariant that a prefill batch holds at
+A fourth hook (AROUND ``add_one_req``) keeps SGLang's own invariant that a prefill batch holds at
 most one partly prefilled request. When the SWA pool is tight, ``add_one_req`` cuts a request to
 the chunk the pool allows (``_swa_chunk_cap``), below the chunk budget, so the pass goes on; if a
 later request with fewer tokens left to decode is cut too, it replaces the first as
 ``new_chunked_req`` (``has_chunked_req`` is never read), and the scheduler then treats the first
 as fully prefilled: it decodes from part of its prompt, and SGLang's window eviction frees slots
-past its real KV (in the CPU replay, a live sink node of the tree lost its SWA slots). After a
-request has been cut, the hook admits nothing more in that pass, as SGLang does when a chunk
-uses up the chunk budget.
+past its real KV (in the CPU replay, a live sink node of the tree lost its SWA slots). The hook
+ends the pass with the request that was cut, as SGLang does when a chunk uses up the chunk budget.
 """
 
 from __future__ import annotations
 
 _ADDER = "sglang.srt.managers.schedule_policy.PrefillAdder"
-RESERVE_HOOKS = (f"{_ADDER}.__init__", f"{_ADDER}._swa_reserved_tokens")
+RESERVE_HOOKS = (f"{_ADDER}.__init__", f"{_ADDER}.add_chunked_req", f"{_ADDER}._swa_reserved_tokens")
 ONE_CHUNK_HOOK = f"{_ADDER}.add_one_req"
 
 
 def decode_swa_headroom(window_m1: int, eviction_interval: int, page_size: int) -> int:
-    """Most SWA slots a decoding request owns beyond its cached prefix.
+    """SWA slots a decoding request owns at most beyond its prompt, as SGLang frees them.
 
     SGLang keeps the last ``window_m1`` positions and frees older ones on decode iterations
     that are multiples of the eviction interval; a prefill batch on such an iteration defers the
@@ -52,28 +56,48 @@ def decode_swa_headroom(window_m1: int, eviction_interval: int, page_size: int) 
     return window_m1 + 2 * max(1, eviction_interval) + page_size
 
 
-def owned_swa_slots(req) -> int:
-    """SWA slots the request owns now (allocated, not in the tree, not freed)."""
+def _ceil_page(tokens: int, page_size: int) -> int:
+    return -(-tokens // page_size) * page_size
+
+
+def owned_swa_slots(req, page_size: int = 1) -> int:
+    """SWA slots the request owns past its prompt (allocated, not going to the tree, not freed).
+
+    The prompt's slots go to the tree when the prefill result is processed. With the overlap
+    scheduler the next pass is planned before that, while ``cache_protected_len`` is still the
+    matched prefix; ``extend_range.end`` (the end of the last prefill, kept while decoding) is
+    where the tree's part ends either way, page-floored since the tree holds whole pages.
+    """
     kv = req.kv
     if kv is None:
         return 0
-    return max(0, kv.kv_allocated_len - max(kv.swa_evicted_seqlen, req.cache_protected_len))
+    tree_end = req.cache_protected_len
+    if req.extend_range is not None:
+        tree_end = max(tree_end, req.extend_range.end // page_size * page_size)
+    return max(0, kv.kv_allocated_len - max(kv.swa_evicted_seqlen, tree_end))
 
 
-def running_decode_growth(req, headroom: int) -> int:
-    """SWA slots a running request may still take: up to its headroom, at most its remaining tokens."""
-    remaining = max(req.sampling_params.max_new_tokens - len(req.output_ids), 0)
-    return min(remaining, max(0, headroom - owned_swa_slots(req)))
+def _tokens_left(req) -> int:
+    return max(req.sampling_params.max_new_tokens - len(req.output_ids), 0)
 
 
-def new_request_decode_growth(extend_len: int, max_new: int, window_m1: int, headroom: int) -> int:
+def running_decode_growth(req, headroom: int, page_size: int = 1) -> int:
+    """SWA slots a running request may still take: up to its headroom, at most its remaining tokens
+    (page-ceiled); nothing for a request that has finished but is not yet filtered out."""
+    if req.finished():
+        return 0
+    return _ceil_page(min(_tokens_left(req), max(0, headroom - owned_swa_slots(req, page_size))), page_size)
+
+
+def new_request_decode_growth(extend_len: int, max_new: int, window_m1: int, headroom: int,
+                              page_size: int = 1) -> int:
     """What a new request's decode may take beyond SGLang's own reservation for it.
 
     SGLang reserves ``min(extend + max_new, window)`` for the request's window, of which
     ``max(0, min(extend + max_new, window) - extend)`` is room for decode tokens.
     """
     sglang_decode_room = max(0, min(extend_len + max_new, window_m1) - extend_len)
-    return max(0, min(max_new, headroom) - sglang_decode_room)
+    return _ceil_page(max(0, min(max_new, headroom) - sglang_decode_room), page_size)
 
 
 def _headroom(adder) -> int | None:
@@ -86,7 +110,20 @@ def reserve_running_growth(result, adder, *args, **kwargs):
     headroom = _headroom(adder)
     if headroom is None or not adder.is_hybrid_swa or adder.running_batch is None:
         return None
-    adder.rem_swa_token_offset += sum(running_decode_growth(r, headroom) for r in adder.running_batch.reqs)
+    page = adder.page_size
+    adder.rem_swa_token_offset += sum(running_decode_growth(r, headroom, page) for r in adder.running_batch.reqs)
+    return None
+
+
+def reserve_chunked_growth(adder, req, *args, **kwargs):
+    """BEFORE hook on ``PrefillAdder.add_chunked_req``: the chunked request's decode growth, for the pass.
+
+    Its final chunk charges the growth again through ``_swa_reserved_tokens``: conservative, for
+    the rest of that one pass only.
+    """
+    headroom = _headroom(adder)
+    if headroom is not None and adder.is_hybrid_swa:
+        adder.rem_swa_token_offset += _ceil_page(min(_tokens_left(req), headroom), adder.page_size)
     return None
 
 
@@ -96,17 +133,22 @@ def reserve_new_request_growth(result, adder, extend_input_len, max_new_tokens, 
     if headroom is None:
         return None
     return result + new_request_decode_growth(
-        extend_input_len, max_new_tokens, adder.tree_cache.sliding_window_size, headroom
+        extend_input_len, max_new_tokens, adder.tree_cache.sliding_window_size, headroom, adder.page_size
     )
 
 
 def one_chunked_request_per_pass(original, adder, req, *args, **kwargs):
-    """AROUND hook on ``PrefillAdder.add_one_req``: nothing more once a request has been cut to a chunk."""
-    if _headroom(adder) is not None and adder.new_chunked_req is not None:
-        from sglang.srt.managers.schedule_policy import AddReqResult
+    """AROUND hook on ``PrefillAdder.add_one_req``: end the pass after the request that was cut to a chunk.
 
+    Returning OTHER there (not CONTINUE) stops the scheduler's loop before it preempts or matches
+    the next request; NO_TOKEN passes through (it also marks the batch full).
+    """
+    from sglang.srt.managers.schedule_policy import AddReqResult
+
+    result = original(adder, req, *args, **kwargs)
+    if result == AddReqResult.CONTINUE and adder.new_chunked_req is req and _headroom(adder) is not None:
         return AddReqResult.OTHER
-    return original(adder, req, *args, **kwargs)
+    return result
 
 
 def register_admission_hooks(reserve: bool = True, one_chunk: bool = True) -> None:
@@ -118,8 +160,9 @@ def register_admission_hooks(reserve: bool = True, one_chunk: bool = True) -> No
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     if reserve:
-        init, reserved = RESERVE_HOOKS
+        init, chunked, reserved = RESERVE_HOOKS
         HookRegistry.register(init, reserve_running_growth, HookType.AFTER)
+        HookRegistry.register(chunked, reserve_chunked_growth, HookType.BEFORE)
         HookRegistry.register(reserved, reserve_new_request_growth, HookType.AFTER)
     if one_chunk:
         HookRegistry.register(ONE_CHUNK_HOOK, one_chunked_request_per_pass, HookType.AROUND)

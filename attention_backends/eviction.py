@@ -36,6 +36,7 @@ Two parts (see ``attention_backends/EVICTION.md`` for the design and the evidenc
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Sequence
 
@@ -165,6 +166,8 @@ except ImportError:  # pragma: no cover - exercised only without SGLang
     SWARadixCache = object  # type: ignore[assignment,misc]
 
 
+logger = logging.getLogger(__name__)
+
 SPLIT_LEAF_ENV = "SGLANG_OPT_SWA_SPLIT_LEAF_ON_INSERT"
 
 
@@ -216,14 +219,30 @@ class SWAASinkRadixCache(SWARadixCache):  # type: ignore[misc,valid-type]
         self.keep_first = keep_first
         self.sink_len = sink_floor(keep_first, params.page_size)
         super().__init__(params)
+        self.decode_swa_headroom = self._decode_headroom(params.token_to_kv_pool_allocator)
+
+    def _decode_headroom(self, allocator) -> int:
+        """What the admission hooks (``attention_backends.admission``) reserve per decoding request.
+
+        Capped so that one request (sinks, window, two pages of chunk) always fits in the SWA pool
+        beside it: a pool smaller than that would otherwise keep long generations waiting for ever.
+        """
         from sglang.srt.environ import envs
 
         from .admission import decode_swa_headroom
 
-        # read by the admission hooks (attention_backends.admission): their presence switches them on
-        self.decode_swa_headroom = decode_swa_headroom(
-            self.sliding_window_size, envs.SGLANG_SWA_EVICTION_INTERVAL.get(), self.page_size
-        )
+        full = decode_swa_headroom(self.sliding_window_size, envs.SGLANG_SWA_EVICTION_INTERVAL.get(), self.page_size)
+        size_swa = getattr(allocator, "size_swa", None)
+        if size_swa is None:
+            return full
+        room = max(0, size_swa - (self.sink_len + self.sliding_window_size + 2 * self.page_size))
+        if room < full:
+            logger.warning(
+                "swaa: SWA pool of %d tokens holds one request's sinks and window but not %d decode tokens "
+                "beside them; admission reserves %d per decoding request, and generations longer than that "
+                "may be retracted (raise --swa-full-tokens-ratio)", size_swa, full, room,
+            )
+        return min(full, room)
 
     # -- tree geometry -------------------------------------------------------------
     def _path(self, node) -> list:

@@ -34,7 +34,7 @@ from types import SimpleNamespace
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
 import torch
 
-from sglang.srt.managers.schedule_batch import FINISH_LENGTH, Req, ReqKvInfo, release_req
+from sglang.srt.managers.schedule_batch import FINISH_ABORT, FINISH_LENGTH, Req, ReqKvInfo, release_req
 from sglang.srt.managers.schedule_policy import AddReqResult, PrefillAdder
 from sglang.srt.managers.scheduler_components.new_token_ratio_tracker import NewTokenRatioTracker
 from sglang.srt.mem_cache.allocation import alloc_req_slots, alloc_token_slots
@@ -91,21 +91,80 @@ class Sim:
         self.forward_ct = 0
         self.stats = dict(prefill_passes=0, prefill_tokens=0, decode_steps=0, retracted=0, finished=0,
                           aborted=0, first_tokens=0, readmit=0, readmit_hit_tokens=0, victim_outputs=0,
-                          est_time=0.0, peak_running=0, max_owned_swa=0, short_prefills=0)
+                          est_time=0.0, peak_running=0, max_owned_swa=0, short_prefills=0,
+                          prompt_tokens=0, aborted_by_client=0, invariant_violations=0)
+        self.prompts: list[array] = []
         self.nid = 0
 
     # --- requests ---------------------------------------------------------------------
     def submit(self, n):
         for _ in range(n):
-            ids = array("q", [self.rng.randrange(1, 150000) for _ in range(self.a.L)])
-            r = Req(f"r{self.nid}", "", ids, SamplingParams(max_new_tokens=self.a.max_new, ignore_eos=True, temperature=0), vocab_size=10**9)
+            if self.a.mixed:
+                ids, max_new = self.mixed_prompt(), self.rng.randint(1, self.a.max_new)
+            else:
+                ids, max_new = array("q", [self.rng.randrange(1, 150000) for _ in range(self.a.L)]), self.a.max_new
+            self.prompts.append(ids)
+            self.stats["prompt_tokens"] += len(ids)
+            r = Req(f"r{self.nid}", "", ids, SamplingParams(max_new_tokens=max_new, ignore_eos=True, temperature=0),
+                    vocab_size=10**9)
             r.swa_evict_floor = self.floor  # our Req.__init__ AFTER hook
             self.nid += 1
             self.waiting.append(r)
 
+    def mixed_prompt(self) -> array:
+        """Log-uniform length in [1, L]; 30% start with part of an earlier prompt (radix cache hits)."""
+        n = max(1, int(round(self.a.L ** self.rng.random())))
+        head = array("q")
+        if self.prompts and self.rng.random() < 0.3:
+            earlier = self.rng.choice(self.prompts)
+            head = earlier[: self.rng.randint(1, min(n, len(earlier)))]
+        return head + array("q", [self.rng.randrange(1, 150000) for _ in range(n - len(head))])
+
+    def abort_one(self) -> None:
+        """Abort a random waiting or running request as SGLang does: a waiting one leaves the queue, a
+        running one finishes with FINISH_ABORT after its next forward (the chunked request is left alone)."""
+        pool = self.waiting + [r for r in self.running if not r.finished()]
+        if not pool:
+            return
+        r = self.rng.choice(pool)
+        if r in self.waiting:
+            self.waiting.remove(r)
+            assert r.req_pool_idx is None  # never admitted, or retracted (its KV was released then)
+        else:
+            r.to_finish = FINISH_ABORT()
+        self.stats["aborted_by_client"] += 1
+
     def finish_check(self, r):
-        if len(r.output_ids) >= r.sampling_params.max_new_tokens:
+        if getattr(r, "to_finish", None) is not None:
+            r.finished_reason, r.to_finish = r.to_finish, None
+        elif len(r.output_ids) >= r.sampling_params.max_new_tokens:
             r.finished_reason = FINISH_LENGTH(length=r.sampling_params.max_new_tokens)
+
+    # --- invariants (--check-every) -------------------------------------------------------
+    def check_invariants(self) -> None:
+        """The tree's live SWA nodes and every running request's sinks and window have SWA slots, and no
+        pool has more free slots than its size (a double free)."""
+        mapping = self.alloc.full_to_swa_index_mapping
+        bad = []
+        stack = [self.tree.root_node]
+        while stack:
+            n = stack.pop()
+            stack.extend(n.children.values())
+            if n is not self.tree.root_node and not n.swa_tombstone and bool((mapping[n.value] == 0).any()):
+                bad.append(f"live tree node {n.id} ({len(n.value)} tokens) has freed SWA slots")
+        for r in self.running:
+            if r.finished() or r.kv is None:
+                continue
+            end = r.kv_committed_len
+            needed = list(range(min(self.floor, end))) + list(range(max(self.floor, end - self.a.wm1), end))
+            slots = self.r2t.req_to_token[r.req_pool_idx, needed].to(torch.int64)
+            if bool((mapping[slots] == 0).any()):
+                bad.append(f"running request {r.rid} lost a sink or window slot")
+        if self.alloc.swa_available_size() > self.a.swa or self.alloc.full_available_size() > self.a.full:
+            bad.append("a pool has more free slots than its size")
+        self.stats["invariant_violations"] += len(bad)
+        if bad and not self.stats.get("first_violation"):
+            self.stats["first_violation"] = f"step {self.forward_ct}: {bad[0]}"
 
     def next_token(self):
         self.tok += 1
@@ -302,6 +361,15 @@ def main():
     p.add_argument("--interval-real", type=int, default=128)
     p.add_argument("--prompt-real", type=int, default=131072, help="prompt tokens per request (before --scale)")
     p.add_argument("--new-real", type=int, default=512, help="new tokens per request (before --scale)")
+    p.add_argument("--mixed", action="store_true",
+                   help="mixed load: prompts log-uniform in [1, --prompt-real] (30%% sharing a prefix), 1 to "
+                        "--new-real new tokens, arriving over time (--arrive-prob), random aborts (--abort-prob)")
+    p.add_argument("--arrive-prob", type=float, default=0.5, help="--mixed: chance of a new request per pass")
+    p.add_argument("--abort-prob", type=float, default=0.0, help="chance per pass that a client aborts a request")
+    p.add_argument("--full-real", type=int, default=13_106_604,
+                   help="full-pool tokens (before --scale; default as SGLang sized it on the H200); smaller "
+                        "makes full-pool retraction happen")
+    p.add_argument("--check-every", type=int, default=0, help="check the invariants every this many passes; 0: off")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=0)
     a = p.parse_args()
@@ -312,7 +380,7 @@ def main():
     a.chunk = a.chunk_real // s
     a.max_prefill = 16384 // s
     a.max_new = a.new_real // s
-    a.full = 13_106_604 // s
+    a.full = a.full_real // s
     a.swa = int(13_106_604 * 2 * (2048 + 100 + 128 + 1) / 131648) // s  # SGLang's sizing in the H200 run
     a.interval = max(1, a.interval_real // s)
     a.max_reqs = a.requests + 8
@@ -330,16 +398,29 @@ def main():
     register_admission_hooks(reserve="reserve" not in left_out, one_chunk="one-chunk" not in left_out)
     HookRegistry.apply_hooks()
     sim = Sim(a)
-    sim.submit(a.requests)
-    t0, steps = time.time(), 0
-    while (sim.waiting or sim.running or sim.chunked_req) and steps < a.max_steps:
-        sim.step()
+    if not a.mixed:
+        sim.submit(a.requests)
+    t0, steps, crashed = time.time(), 0, None
+    while (sim.nid < a.requests or sim.waiting or sim.running or sim.chunked_req) and steps < a.max_steps:
+        if sim.nid < a.requests and (not (sim.waiting or sim.running or sim.chunked_req)
+                                     or sim.rng.random() < a.arrive_prob):
+            sim.submit(1)
+        if a.abort_prob and sim.rng.random() < a.abort_prob:
+            sim.abort_one()
+        try:
+            sim.step()
+        except RuntimeError as e:  # the allocator's "Out of memory" ends a scheduler: report it as a result
+            crashed = str(e).splitlines()[0]
+            break
         steps += 1
+        if a.check_every and steps % a.check_every == 0:
+            sim.check_invariants()
         if a.log_every and steps % a.log_every == 0:
             print(f"  step {steps}: {sim.snapshot()}", flush=True)
-    st = dict(sim.stats)
-    st.update(sim.pools_after_flush())
-    st.update(requests=a.requests, prompt_tokens=a.requests * a.L, passes=steps, cpu_s=round(time.time() - t0, 1),
+    st = dict(sim.stats, crashed=crashed)
+    if crashed is None:
+        st.update(sim.pools_after_flush())
+    st.update(requests=a.requests, passes=steps, cpu_s=round(time.time() - t0, 1),
               drained=not (sim.waiting or sim.running or sim.chunked_req), config=vars(a))
     print("RESULT " + json.dumps(st), flush=True)
 

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPLAY = Path(__file__).resolve().parent / "scheduler_replay.py"
 
@@ -82,7 +83,7 @@ def _clean(r: dict) -> None:
     assert r["drained"] and r["finished"] == r["requests"] and r["aborted"] == 0
     assert r["retracted"] == 0 and r["short_prefills"] == 0
     assert r["prefill_tokens"] == r["prompt_tokens"]
-    assert r["pools_whole"], (r["full_free_after_flush"], r["swa_free_after_flush"])
+    assert r["crashed"] is None and r["pools_whole"], (r["full_free_after_flush"], r["swa_free_after_flush"])
 
 
 def test_running_requests_decode_growth_is_reserved_so_decode_never_retracts():
@@ -111,6 +112,36 @@ def test_one_request_is_cut_to_a_chunk_per_pass():
         assert r["drained"] and r["finished"] == 600 and r["retracted"] > 0  # the tight pool of this scenario
     assert guarded["short_prefills"] == 0 and guarded["pools_whole"]
     assert control["short_prefills"] > 0
+
+
+def test_the_invariant_check_sees_the_dropped_chunk_and_the_hooks_prevent_it():
+    """400 requests of 32K in and 4K out with SGLang's own admission: after cut requests were dropped,
+    a live sink node of the tree lost its SWA slots, and the run ends in the allocator's "Out of
+    memory". With the hooks the same load keeps every invariant (checked every 5 passes)."""
+    shape = ["--prompt-real", "32768", "--new-real", "4096", "--check-every", "5"]
+    hooked, control = _replays(shape, [*shape, "--leave-out", "reserve,one-chunk"], requests=400)
+    _clean(hooked)
+    assert hooked["invariant_violations"] == 0 and hooked["crashed"] is None
+    assert control["short_prefills"] > 0 and control["invariant_violations"] > 0
+    assert "has freed SWA slots" in control["first_violation"]
+    assert control["crashed"].startswith("Out of memory")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mixed_load_with_aborts_retractions_and_cache_hits_keeps_every_invariant(seed):
+    """400 requests arriving over time, prompts log-uniform up to 32K (30% sharing a prefix), 1 to 16K
+    new tokens, a client abort every 50 passes on average, and a full pool small enough that
+    SGLang's optimistic full-pool admission retracts: after every 5th pass the tree's live nodes and
+    each running request's sinks and window have their SWA slots, and nothing was freed twice."""
+    (r,) = _replays(["--mixed", "--prompt-real", "32768", "--new-real", "16384", "--arrive-prob", "1",
+                     "--abort-prob", "0.02", "--full-real", "300000", "--conservativeness", "0.3",
+                     "--check-every", "5", "--seed", str(seed)], requests=400)
+    assert r["drained"] and r["crashed"] is None and r["pools_whole"]
+    assert r["invariant_violations"] == 0 and r["short_prefills"] == 0
+    # the paths were exercised: retraction and readmission, aborts, prefix-cache hits
+    assert r["retracted"] > 0 and r["readmit"] > 0 and r["aborted_by_client"] > 0
+    assert r["prefill_tokens"] < r["prompt_tokens"]
+    assert r["finished"] + r["aborted_by_client"] >= r["requests"]
 
 
 def test_all_hooks_leave_short_request_loads_clean():
@@ -142,19 +173,61 @@ def test_reservation_arithmetic():
     assert decode_swa_headroom(2047, 128, 1) == 2047 + 256 + 1
     assert decode_swa_headroom(2047, 0, 16) == 2047 + 2 + 16  # SGLang treats interval 0 as 1
 
-    def req(allocated, evicted, protected, max_new, outputs):
+    def req(allocated, evicted, protected, prefill_end, max_new, outputs, done=False):
         return NS(kv=NS(kv_allocated_len=allocated, swa_evicted_seqlen=evicted), cache_protected_len=protected,
-                  sampling_params=NS(max_new_tokens=max_new), output_ids=[0] * outputs)
+                  extend_range=NS(end=prefill_end), sampling_params=NS(max_new_tokens=max_new),
+                  output_ids=[0] * outputs, finished=lambda: done)
 
     assert owned_swa_slots(NS(kv=None)) == 0
     # just prefilled 10,000 tokens (all in the tree): may take the whole headroom, capped by what is left
-    assert running_decode_growth(req(10_000, 0, 10_000, 512, 1), 2304) == 511
-    assert running_decode_growth(req(10_000, 0, 10_000, 5000, 1), 2304) == 2304
+    assert running_decode_growth(req(10_000, 0, 10_000, 10_000, 512, 1), 2304) == 511
+    assert running_decode_growth(req(10_000, 0, 10_000, 10_000, 5000, 1), 2304) == 2304
+    # overlap scheduler: the prefill result is not processed yet, so the tree holds only the matched
+    # prefix (3,000); the prompt's slots go to the tree next, and nothing is owned past the prompt
+    in_flight = req(10_000, 0, 3_000, 10_000, 5000, 1)
+    assert owned_swa_slots(in_flight) == 0 and running_decode_growth(in_flight, 2304) == 2304
     # 3,000 decoded, SGLang freed up to 11,000: owns 2,000 slots past the tree, may add 304 more
-    assert running_decode_growth(req(13_000, 11_000, 10_000, 5000, 3000), 2304) == 304
+    assert running_decode_growth(req(13_000, 11_000, 10_000, 10_000, 5000, 3000), 2304) == 304
     # owns more than the headroom (freeing deferred): nothing more is charged
-    assert running_decode_growth(req(13_000, 10_000, 10_000, 5000, 3000), 2304) == 0
+    assert running_decode_growth(req(13_000, 10_000, 10_000, 10_000, 5000, 3000), 2304) == 0
+    # finished (EOS, abort) but not yet filtered out of the running batch: nothing
+    assert running_decode_growth(req(10_000, 0, 10_000, 10_000, 5000, 7, done=True), 2304) == 0
+    # pages: the prompt's last partial page stays with the request; growth is charged in whole pages
+    paged = req(10_010, 0, 10_000, 10_005, 5000, 6)  # 16-token pages: tree to 10,000, 5 decoded
+    assert owned_swa_slots(paged, 16) == 10 and running_decode_growth(paged, 2320, 16) == 2320  # 2,310 ceiled
+    paged_in_flight = req(10_005, 0, 3_000, 10_005, 5000, 1)
+    assert owned_swa_slots(paged_in_flight, 16) == 5
     # new request: SGLang already reserves min(extend + max_new, W) - extend for decode
     assert new_request_decode_growth(extend_len=8192, max_new=512, window_m1=2047, headroom=2304) == 512
     assert new_request_decode_growth(extend_len=100, max_new=5000, window_m1=2047, headroom=2304) == 2304 - 1947
     assert new_request_decode_growth(extend_len=0, max_new=10, window_m1=2047, headroom=2304) == 0
+    assert new_request_decode_growth(extend_len=8192, max_new=5, window_m1=2047, headroom=2304, page_size=16) == 16
+
+
+def test_headroom_is_capped_by_a_small_swa_pool(caplog):
+    """A pool that holds one request's sinks and window but not a full headroom beside them: the
+    reservation shrinks to what fits (else long generations would wait for ever), with a warning."""
+    import logging
+
+    from sglang.srt.mem_cache.allocator.swa import SWATokenToKVPoolAllocator
+    from sglang.srt.mem_cache.cache_init_params import CacheInitParams
+    from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
+    from sglang.srt.mem_cache.swa_memory_pool import SWAKVPool
+
+    from attention_backends.eviction import SWAASinkRadixCache
+
+    def cache(swa):
+        pool = SWAKVPool(size=4096, size_swa=swa, page_size=1, dtype=torch.float32, head_num=1, head_dim=1,
+                         swa_attention_layer_ids=[0], full_attention_layer_ids=[1], device="cpu")
+        alloc = SWATokenToKVPoolAllocator(4096, swa, 1, torch.float32, "cpu", pool, need_sort=False)
+        return SWAASinkRadixCache(CacheInitParams(disable=False, req_to_token_pool=ReqToTokenPool(4, 64, "cpu", False),
+                                                  token_to_kv_pool_allocator=alloc, page_size=1,
+                                                  sliding_window_size=63), keep_first=4)
+
+    with caplog.at_level(logging.WARNING, logger="attention_backends.eviction"):
+        assert cache(2000).decode_swa_headroom == 63 + 2 * 128 + 1  # SGLang's default interval, 128
+        ours = [r for r in caplog.records if r.name == "attention_backends.eviction"]
+        assert not ours
+        assert cache(200).decode_swa_headroom == 200 - (4 + 63 + 2)
+    ours = [r.getMessage() for r in caplog.records if r.name == "attention_backends.eviction"]
+    assert len(ours) == 1 and "SWA pool of 200 tokens" in ours[0] and "--swa-full-tokens-ratio" in ours[0]
