@@ -192,16 +192,20 @@ class Sim:
             return "decode"
         return "idle"
 
+    def make_adder(self, running):
+        """SGLang's PrefillAdder for one pass over ``running`` (the plugin's hooks run inside it)."""
+        rb = SimpleNamespace(reqs=running, batch_size=lambda: len(running))
+        return PrefillAdder(1, self.tree, self.alloc, rb, self.ratio.current, self.a.max_prefill, self.a.chunk, 0, 0,
+                            max_prefill_bs=0, max_running_requests=self.a.max_running, prefill_max_requests=None,
+                            prefill_delayer_single_pass=None, dllm_config=None, waiting_queue_len=len(self.waiting))
+
     def get_new_batch_prefill(self):
         if not self.waiting and self.chunked_req is None:
             return None
         running_bs = len(self.running)
         if self.a.max_running - running_bs <= 0 and self.chunked_req is None:
             return None
-        rb = SimpleNamespace(reqs=self.running, batch_size=lambda: len(self.running))
-        adder = PrefillAdder(1, self.tree, self.alloc, rb, self.ratio.current, self.a.max_prefill, self.a.chunk, 0, 0,
-                             max_prefill_bs=0, max_running_requests=self.a.max_running, prefill_max_requests=None,
-                             prefill_delayer_single_pass=None, dllm_config=None, waiting_queue_len=len(self.waiting))
+        adder = self.make_adder(self.running)
         if self.chunked_req is not None:
             self.chunked_req.init_next_round_input()
             self.chunked_req = adder.add_chunked_req(self.chunked_req)
@@ -226,6 +230,11 @@ class Sim:
 
     # --- ScheduleBatch.prepare_for_extend + alloc_for_extend + forward + process result ----
     def run_extend(self, reqs):
+        """ScheduleBatch.prepare_for_extend (request and KV slots), the forward, and its result."""
+        self.launch_extend(reqs)
+        self.process_extend_result(reqs)
+
+    def launch_extend(self, reqs):
         new = [r for r in reqs if r.req_pool_idx is None]
         for r in new:
             if r.retracted_stain:
@@ -254,6 +263,10 @@ class Sim:
         self.stats["prefill_tokens"] += n
         # time model (H200, scaled back by self.a.scale): 12 ms fixed + 132 ms per 8192 real tokens
         self.stats["est_time"] += 0.012 + 0.132 * n * self.a.scale / 8192
+
+    def process_extend_result(self, reqs):
+        """The prefill's result: first tokens, finished requests released, the rest cached in the tree.
+        (The overlap scheduler plans its next pass before this runs; see make_adder.)"""
         for r in reqs:
             if r.inflight_middle_chunks <= 0:
                 if r.kv_committed_len < len(r.origin_input_ids) + len(r.output_ids):
@@ -345,7 +358,7 @@ class Sim:
                 f"swa_locked={t.swa_protected_size()} ratio={self.ratio.current:.3f}")
 
 
-def main():
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="CPU replay of SGLang's scheduler with window eviction")
     p.add_argument("--scale", type=int, default=32, help="divide every size of the H200 run by this")
     p.add_argument("--requests", type=int, default=104, help="long requests submitted at once")
@@ -372,7 +385,7 @@ def main():
     p.add_argument("--check-every", type=int, default=0, help="check the invariants every this many passes; 0: off")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=0)
-    a = p.parse_args()
+    a = p.parse_args(argv)
     s = a.scale
     a.L = a.prompt_real // s
     a.wm1 = 2048 // s - 1
@@ -384,20 +397,30 @@ def main():
     a.swa = int(13_106_604 * 2 * (2048 + 100 + 128 + 1) / 131648) // s  # SGLang's sizing in the H200 run
     a.interval = max(1, a.interval_real // s)
     a.max_reqs = a.requests + 8
+    a.left_out = {x for x in a.leave_out.split(",") if x}
+    if a.left_out - {"reserve", "one-chunk"}:
+        p.error(f"--leave-out: unknown hooks {sorted(a.left_out - {'reserve', 'one-chunk'})}; allowed: reserve, one-chunk")
+    return a
+
+
+def setup(a: argparse.Namespace) -> Sim:
+    """SGLang's eviction interval for the scale, the plugin's admission hooks applied, and the replay."""
     from sglang.srt.environ import envs
 
     envs.SGLANG_SWA_EVICTION_INTERVAL.set(a.interval)  # what the cache's decode headroom is computed from
-    left_out = {x for x in a.leave_out.split(",") if x}
-    if left_out - {"reserve", "one-chunk"}:
-        p.error(f"--leave-out: unknown hooks {sorted(left_out - {'reserve', 'one-chunk'})}; allowed: reserve, one-chunk")
     # the plugin registers these in every SGLang process, and SGLang applies them
     from sglang.srt.plugins.hook_registry import HookRegistry
 
     from attention_backends.admission import register_admission_hooks
 
-    register_admission_hooks(reserve="reserve" not in left_out, one_chunk="one-chunk" not in left_out)
+    register_admission_hooks(reserve="reserve" not in a.left_out, one_chunk="one-chunk" not in a.left_out)
     HookRegistry.apply_hooks()
-    sim = Sim(a)
+    return Sim(a)
+
+
+def main():
+    a = parse_args()
+    sim = setup(a)
     if not a.mixed:
         sim.submit(a.requests)
     t0, steps, crashed = time.time(), 0, None

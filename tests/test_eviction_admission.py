@@ -160,6 +160,37 @@ def test_the_hooks_do_nothing_without_the_swaa_cache():
     assert hooked["retracted"] > 0  # the scenario does exercise SWA pressure
 
 
+def test_overlap_scheduler_state_is_reserved_in_full():
+    """SGLang's overlap scheduler (its default) plans the next pass while the last prefill's result is
+    still unprocessed: real Req and tree state then has cache_protected_len at the matched prefix and
+    the prompt's slots outside the tree. The reservation must be the same before and after the result
+    (a whole headroom for a request with long generations ahead), not zero because the unprocessed
+    prompt looks owned. Real classes, in a subprocess (the hooks patch PrefillAdder)."""
+    code = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(REPLAY.parent)!r})\n"
+        "import scheduler_replay as R\n"
+        "from attention_backends.admission import owned_swa_slots\n"
+        "sim = R.setup(R.parse_args(['--scale', '32', '--requests', '1', '--prompt-real', '4096', '--new-real', '8192']))\n"
+        "sim.submit(1)\n"
+        "batch = sim.get_new_batch_prefill()\n"
+        "sim.launch_extend(batch)\n"
+        "(r,) = batch\n"
+        "state = lambda: dict(protected=r.cache_protected_len, allocated=r.kv.kv_allocated_len, owned=owned_swa_slots(r),\n"
+        "                     offset=sim.make_adder([r]).rem_swa_token_offset, headroom=sim.tree.decode_swa_headroom)\n"
+        "before = state()\n"
+        "sim.process_extend_result(batch)\n"
+        "print('STATES', json.dumps([before, state()]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    before, after = json.loads(next(x for x in out.stdout.splitlines() if x.startswith("STATES "))[7:])
+    assert before["protected"] == 0 and before["allocated"] == 128  # the state the overlap scheduler plans in
+    assert after["protected"] == 128  # the prompt went to the tree with the result
+    assert before["owned"] == after["owned"] == 0
+    assert before["offset"] == after["offset"] == before["headroom"] == HEADROOM_AT_SCALE_32
+
+
 def test_reservation_arithmetic():
     from types import SimpleNamespace as NS
 
