@@ -24,7 +24,10 @@ tree cache is :class:`~attention_backends.eviction.SWAASinkRadixCache`) charge i
 
 A request is then admitted only when the SWA pool can carry it and everything already running
 to the end of their generations; when it cannot, admission waits for running requests to
-finish, which they can, since their growth is reserved. The headroom is an estimate of SGLang's
+finish, which they can, since their growth is reserved. Two limits keep a small pool from
+waiting for ever: the cache caps the headroom so that a new request fits an empty pool, and
+the chunked request's reservation never leaves its next chunk less than a page (past those
+limits SGLang's retraction applies). The headroom is an estimate of SGLang's
 freeing cadence, not a hard bound (a prefill batch on a maintenance iteration defers the
 freeing, and enough of them in a row defer it further): a request that outgrows it meets
 SGLang's ordinary retraction, as without these hooks.
@@ -65,14 +68,16 @@ def owned_swa_slots(req, page_size: int = 1) -> int:
 
     The prompt's slots go to the tree when the prefill result is processed. With the overlap
     scheduler the next pass is planned before that, while ``cache_protected_len`` is still the
-    matched prefix; ``extend_range.end`` (the end of the last prefill, kept while decoding) is
-    where the tree's part ends either way, page-floored since the tree holds whole pages.
+    matched prefix; until the request's first decode step (``decode_batch_idx`` 0, also after a
+    retraction) the end of its prefill, ``extend_range.end`` page-floored, is where the tree's part
+    ends. Later ``extend_range`` is not the prefill's (``--enable-mixed-chunk`` sets it to the last
+    token), and ``cache_protected_len`` is right.
     """
     kv = req.kv
     if kv is None:
         return 0
     tree_end = req.cache_protected_len
-    if req.extend_range is not None:
+    if req.extend_range is not None and req.decode_batch_idx == 0:
         tree_end = max(tree_end, req.extend_range.end // page_size * page_size)
     return max(0, kv.kv_allocated_len - max(kv.swa_evicted_seqlen, tree_end))
 
@@ -118,12 +123,17 @@ def reserve_running_growth(result, adder, *args, **kwargs):
 def reserve_chunked_growth(adder, req, *args, **kwargs):
     """BEFORE hook on ``PrefillAdder.add_chunked_req``: the chunked request's decode growth, for the pass.
 
+    Never so much that its next chunk gets less than a page: the request locks its earlier chunks'
+    window (more than one window when the last chunk was short), and with nothing else running it
+    would otherwise wait for ever in a small pool; past that it meets SGLang's retraction instead.
     Its final chunk charges the growth again through ``_swa_reserved_tokens``: conservative, for
     the rest of that one pass only.
     """
     headroom = _headroom(adder)
     if headroom is not None and adder.is_hybrid_swa:
-        adder.rem_swa_token_offset += _ceil_page(min(_tokens_left(req), headroom), adder.page_size)
+        page = adder.page_size
+        growth = _ceil_page(min(_tokens_left(req), headroom), page)
+        adder.rem_swa_token_offset += min(growth, max(0, int(adder.rem_swa_tokens) - 2 * page))
     return None
 
 

@@ -224,8 +224,10 @@ class SWAASinkRadixCache(SWARadixCache):  # type: ignore[misc,valid-type]
     def _decode_headroom(self, allocator) -> int:
         """What the admission hooks (``attention_backends.admission``) reserve per decoding request.
 
-        Capped so that one request (sinks, window, two pages of chunk) always fits in the SWA pool
-        beside it: a pool smaller than that would otherwise keep long generations waiting for ever.
+        Capped so that a new request (sinks, window, two pages of chunk) and its reservation fit an
+        empty SWA pool: in a smaller pool a long generation would otherwise never be admitted.
+        (A request prefilled in chunks can lock more than one window; ``reserve_chunked_growth``
+        limits its own reservation for that.)
         """
         from sglang.srt.environ import envs
 

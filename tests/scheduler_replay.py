@@ -350,6 +350,12 @@ class Sim:
         return dict(full_free_after_flush=full_free, swa_free_after_flush=swa_free,
                     pools_whole=full_free == self.a.full and swa_free == self.a.swa)
 
+    def busy(self) -> bool:
+        """Requests waiting, running, being prefilled in chunks, or just prefilled (joining the running
+        batch at the next pass)."""
+        return bool(self.waiting or self.running or self.chunked_req
+                    or any(not r.finished() for r in self.last_extend or []))
+
     def snapshot(self):
         t = self.tree
         return (f"run={len(self.running)} wait={len(self.waiting)} chunked={'y' if self.chunked_req else 'n'} "
@@ -382,6 +388,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--full-real", type=int, default=13_106_604,
                    help="full-pool tokens (before --scale; default as SGLang sized it on the H200); smaller "
                         "makes full-pool retraction happen")
+    p.add_argument("--swa-real", type=int, default=None,
+                   help="SWA-pool tokens (before --scale; default as SGLang sized it on the H200 for a 128K context)")
     p.add_argument("--check-every", type=int, default=0, help="check the invariants every this many passes; 0: off")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=0)
@@ -394,7 +402,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.max_prefill = 16384 // s
     a.max_new = a.new_real // s
     a.full = a.full_real // s
-    a.swa = int(13_106_604 * 2 * (2048 + 100 + 128 + 1) / 131648) // s  # SGLang's sizing in the H200 run
+    a.swa = (a.swa_real or int(13_106_604 * 2 * (2048 + 100 + 128 + 1) / 131648)) // s  # SGLang's sizing on the H200
     a.interval = max(1, a.interval_real // s)
     a.max_reqs = a.requests + 8
     a.left_out = sorted({x for x in a.leave_out.split(",") if x})  # a list: vars(a) goes into the JSON result
@@ -425,8 +433,8 @@ def main():
     if not a.mixed:
         sim.submit(a.requests)
     t0, steps, crashed = time.time(), 0, None
-    while (sim.nid < a.requests or sim.waiting or sim.running or sim.chunked_req) and steps < a.max_steps:
-        if sim.nid < a.requests and (not (sim.waiting or sim.running or sim.chunked_req)
+    while (sim.nid < a.requests or sim.busy()) and steps < a.max_steps:
+        if sim.nid < a.requests and (not sim.busy()
                                      or sim.rng.random() < a.arrive_prob):
             sim.submit(1)
         if a.abort_prob and sim.rng.random() < a.abort_prob:
@@ -445,7 +453,7 @@ def main():
     if crashed is None:
         st.update(sim.pools_after_flush())
     st.update(requests=a.requests, passes=steps, cpu_s=round(time.time() - t0, 1),
-              drained=not (sim.waiting or sim.running or sim.chunked_req), config=vars(a))
+              drained=not sim.busy(), config=vars(a))
     print("RESULT " + json.dumps(st), flush=True)
 
 

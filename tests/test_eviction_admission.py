@@ -191,6 +191,19 @@ def test_overlap_scheduler_state_is_reserved_in_full():
     assert before["offset"] == after["offset"] == before["headroom"] == HEADROOM_AT_SCALE_32
 
 
+@pytest.mark.parametrize("swa_real", [4800, 6400])
+def test_a_chunked_long_generation_in_a_small_swa_pool_is_not_parked_for_ever(swa_real):
+    """One request of 20K in and 4K out, alone, in an SWA pool of 150 or 200 slots at this scale: its
+    earlier chunks lock more than one window, and reserving its whole decode growth left its next
+    chunk no room, with nothing running that could free any (found by review; with the whole growth
+    reserved it stops for good at 87 and 187 of 640 prompt tokens). The reservation now leaves the
+    chunk a page at least."""
+    (r,) = _replays(["--prompt-real", "20480", "--new-real", "4096", "--swa-real", str(swa_real),
+                     "--max-steps", "20000"], requests=1)
+    assert r["drained"] and r["finished"] == 1 and r["short_prefills"] == 0 and r["crashed"] is None
+    assert r["prefill_tokens"] == r["prompt_tokens"] == 640 and r["pools_whole"]
+
+
 def test_reservation_arithmetic():
     from types import SimpleNamespace as NS
 
@@ -207,7 +220,7 @@ def test_reservation_arithmetic():
     def req(allocated, evicted, protected, prefill_end, max_new, outputs, done=False):
         return NS(kv=NS(kv_allocated_len=allocated, swa_evicted_seqlen=evicted), cache_protected_len=protected,
                   extend_range=NS(end=prefill_end), sampling_params=NS(max_new_tokens=max_new),
-                  output_ids=[0] * outputs, finished=lambda: done)
+                  output_ids=[0] * outputs, finished=lambda: done, decode_batch_idx=max(0, outputs - 1))
 
     assert owned_swa_slots(NS(kv=None)) == 0
     # just prefilled 10,000 tokens (all in the tree): may take the whole headroom, capped by what is left
@@ -221,6 +234,9 @@ def test_reservation_arithmetic():
     assert running_decode_growth(req(13_000, 11_000, 10_000, 10_000, 5000, 3000), 2304) == 304
     # owns more than the headroom (freeing deferred): nothing more is charged
     assert running_decode_growth(req(13_000, 10_000, 10_000, 10_000, 5000, 3000), 2304) == 0
+    # --enable-mixed-chunk sets a decoding request's extend_range to its last token: the tree's end is
+    # then cache_protected_len (2,000 owned as above), not the last token
+    assert owned_swa_slots(req(13_000, 11_000, 10_000, 12_999, 5000, 3000)) == 2000
     # finished (EOS, abort) but not yet filtered out of the running batch: nothing
     assert running_decode_growth(req(10_000, 0, 10_000, 10_000, 5000, 7, done=True), 2304) == 0
     # pages: the prompt's last partial page stays with the request; growth is charged in whole pages
