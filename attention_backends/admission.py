@@ -123,17 +123,22 @@ def reserve_running_growth(result, adder, *args, **kwargs):
 def reserve_chunked_growth(adder, req, *args, **kwargs):
     """BEFORE hook on ``PrefillAdder.add_chunked_req``: the chunked request's decode growth, for the pass.
 
-    Never so much that its next chunk gets less than a page: the request locks its earlier chunks'
-    window (more than one window when the last chunk was short), and with nothing else running it
-    would otherwise wait for ever in a small pool; past that it meets SGLang's retraction instead.
-    Its final chunk charges the growth again through ``_swa_reserved_tokens``: conservative, for
-    the rest of that one pass only.
+    With nothing else running, never so much that its next chunk gets less than a page: the request
+    locks its earlier chunks' window (more than one window when the last chunk was short), and in a
+    small pool it would otherwise wait for ever; past that it meets SGLang's retraction instead.
+    While others run it waits for them (their growth is reserved, so they finish), which keeps its
+    chunks large. Its final chunk charges the growth again through ``_swa_reserved_tokens``:
+    conservative, for the rest of that one pass only.
     """
     headroom = _headroom(adder)
-    if headroom is not None and adder.is_hybrid_swa:
-        page = adder.page_size
-        growth = _ceil_page(min(_tokens_left(req), headroom), page)
-        adder.rem_swa_token_offset += min(growth, max(0, int(adder.rem_swa_tokens) - 2 * page))
+    if headroom is None or not adder.is_hybrid_swa:
+        return None
+    page = adder.page_size
+    growth = _ceil_page(min(_tokens_left(req), headroom), page)
+    running = adder.running_batch.reqs if adder.running_batch is not None else []
+    if not any(not r.finished() for r in running):
+        growth = min(growth, max(0, int(adder.rem_swa_tokens) - 2 * page))
+    adder.rem_swa_token_offset += growth
     return None
 
 
