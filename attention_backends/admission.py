@@ -26,9 +26,9 @@ A request is then admitted only when the SWA pool can carry it and everything al
 to the end of their generations; when it cannot, admission waits for running requests to
 finish, which they can, since their growth is reserved. Two limits keep a small pool from
 waiting for ever: the cache caps the headroom so that a new request fits an empty pool, and
-the chunked request's reservation never leaves its next chunk less than a page (past those
-limits SGLang's retraction applies). The headroom is an estimate of SGLang's
-freeing cadence, not a hard bound (a prefill batch on a maintenance iteration defers the
+with nothing else running, the chunked request's reservation never leaves its next chunk less
+than a page (past those limits SGLang's retraction applies). The headroom is an estimate of
+SGLang's freeing cadence, not a hard bound (a prefill batch on a maintenance iteration defers the
 freeing, and enough of them in a row defer it further): a request that outgrows it meets
 SGLang's ordinary retraction, as without these hooks.
 
