@@ -269,7 +269,9 @@ def test_plugin_registers_cache_backend_and_hooks_in_a_fresh_process():
         "from sglang.srt.configs.model_config import ModelConfig\n"
         "assert getattr(ModelConfig._derive_hybrid_model, '__wrapped__', None) is not None, 'ModelConfig hook'\n"
         "from sglang.srt.managers.schedule_policy import PrefillAdder\n"
-        "for name in ('__init__', '_swa_reserved_tokens', 'add_one_req'):\n"
+        "from attention_backends.admission import ONE_CHUNK_HOOK, RESERVE_HOOKS\n"
+        "for target in (*RESERVE_HOOKS, ONE_CHUNK_HOOK):\n"
+        "    name = target.rsplit('.', 1)[1]\n"
         "    assert getattr(getattr(PrefillAdder, name), '__wrapped__', None) is not None, 'admission hook ' + name\n"
         "print('registered')\n"
     )
