@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run on the GPU host after the offline stack is in /tmp/site (../shared/gpu/README.md):
-#   bash benchmarks/gpu_host.sh [install] [ops] [tests] [models] [examples] [eviction] [bench] [e2e] [soak] [faults] [determinism] [concurrency] [savejit] [loadjit]
+#   bash benchmarks/gpu_host.sh [install] [ops] [tests] [models] [examples] [eviction] [bench] [e2e] [soak] [faults] [determinism] [quality] [concurrency] [savejit] [loadjit]
 #   (default: ops tests models bench)
 # Installs this checkout into /tmp/site the way SGLang finds plugins (entry point
 # metadata), then runs the gpu-marked tests and the op benchmark; logs go to $OUT.
@@ -37,8 +37,11 @@ logged() {  # logged NAME CMD...: run CMD, its output also in $SWAA_RESULTS_DIR/
 pytest_step() {  # pytest_step NAME PYTEST_ARGS...
   logged "$1" python3 -m pytest -p no:cacheprovider -q -s "${@:2}" ${PYTEST_ARGS:-} "${kexpr[@]}"
 }
-# soak / faults: a SWAA server on the Qwen3-4B shape (dummy weights); SOAK_ARGS adds server flags
-server="--model-path benchmarks/models/qwen3-4b-2507 --load-format dummy --skip-tokenizer-init --swaa-preset ${SOAK_PRESET:-sink100-2k} --mem-fraction-static 0.8"
+# soak / faults: a SWAA server on the Qwen3-4B shape (dummy weights); SOAK_ARGS adds server flags;
+# SOAK_CLIENT_ARGS replaces the soak client's (default 1,000 requests at 64), FAULT_ARGS the fault client's (default --rounds 2)
+# SOAK_PRESET=vanilla: stock SGLang (flashinfer backend, no SWAA) through the same launcher, as a control
+swaa="--swaa-preset ${SOAK_PRESET:-sink100-2k}"; [ "${SOAK_PRESET:-}" = vanilla ] && swaa="--attention-backend flashinfer"
+server="--model-path benchmarks/models/qwen3-4b-2507 --load-format dummy --skip-tokenizer-init $swaa --mem-fraction-static 0.8"
 for step in $steps; do
   case $step in
     ops)         pytest_step gpu_ops tests/test_gpu_ops.py ;;
@@ -49,7 +52,11 @@ for step in $steps; do
     determinism) pytest_step gpu_determinism tests/test_gpu_determinism.py ;;
     e2e)         logged e2e python3 benchmarks/bench_e2e.py ${E2E_ARGS:-} --out "$SWAA_RESULTS_DIR/e2e$tag.json" ;;
     soak)        logged soak python3 benchmarks/soak.py --launch "$server ${SOAK_ARGS:-}" --server-log "$SWAA_RESULTS_DIR/soak_server$tag.log" ${SOAK_CLIENT_ARGS:---requests 1000 --concurrency 64} --out "$SWAA_RESULTS_DIR/soak$tag.json" ;;
-    faults)      logged faults python3 benchmarks/soak.py --faults --launch "$server --context-length 40960 ${SOAK_ARGS:-}" --server-log "$SWAA_RESULTS_DIR/faults_server$tag.log" --out "$SWAA_RESULTS_DIR/faults$tag.json" ;;
+    faults)      logged faults python3 benchmarks/soak.py --faults --launch "$server --context-length 40960 ${SOAK_ARGS:-}" --server-log "$SWAA_RESULTS_DIR/faults_server$tag.log" ${FAULT_ARGS:---rounds 2} --out "$SWAA_RESULTS_DIR/faults$tag.json" ;;
+    quality)     # needle accuracy per setting through live servers on SmolLM2 real weights, one server per setting
+                 logged quality python3 benchmarks/quality_niah.py --runner launch --no-progress \
+                   --launch-args "--mem-fraction-static 0.5 ${QUALITY_LAUNCH_ARGS:-}" \
+                   ${QUALITY_ARGS:---context-lengths 4096 --windows 512 --samples 11} --out "$SWAA_RESULTS_DIR/quality_server$tag.json" ;;
     concurrency) logged concurrency python3 benchmarks/bench_concurrency.py ${CONC_ARGS:-} --out "$SWAA_RESULTS_DIR/concurrency$tag.json" ;;
     bench)       logged bench_ops python3 benchmarks/bench_attention_ops.py ${BENCH_ARGS:-} --out "$SWAA_RESULTS_DIR/ops$tag.json" ;;
     savejit)     # this host's compiled FlashInfer modules, as <ver>/<arch>/<name>/<name>.so, in <=15 MiB parts

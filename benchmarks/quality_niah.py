@@ -29,6 +29,11 @@ Runners:
   double BOS whatever the server's tokenizer adds) or as text, or ``/v1/chat/completions``
   with the messages (no answer prefix there). The server runs one SWAA config, chosen at
   launch: name it with ``--server-setting`` and record it with ``--server-swaa``.
+* ``launch``: the server runner over every setting: one server per distinct config,
+  started here (``python -m swaa_sglang.launch_server --model-path M`` plus
+  ``--swaa-config FILE``, or ``--attention-backend flashinfer`` for full attention, i.e.
+  stock SGLang), asked for every sample of its setting, then stopped; ``--launch-args``
+  adds server flags, and each server's log is kept next to ``--out``.
 
 Examples::
 
@@ -38,6 +43,8 @@ Examples::
     python benchmarks/quality_niah.py --runner server --server-url http://127.0.0.1:30000 \\
         --server-setting sw+sink+fa+odd --server-swaa '{"preset": "balanced"}' --windows 2048 \\
         --context-lengths 16384 --out q_server.json
+    python benchmarks/quality_niah.py --runner launch --windows 512 --samples 11 \
+        --launch-args "--mem-fraction-static 0.5" --out q_sglang.json --render
     python benchmarks/render_quality.py q.json   # markdown table + PNG next to the JSON
 """
 
@@ -821,6 +828,83 @@ def run_benchmark(
     return records
 
 
+def server_groups(windows: Sequence[int], sinks: int, names: Sequence[str]) -> list[dict[str, Any]]:
+    """One server per distinct SWAA config, with the (window, setting) pairs it answers: full
+    attention is the same config at every window, so one server answers it for all of them."""
+    groups: dict[str, dict[str, Any]] = {}
+    for w in windows:
+        for s in build_settings(w, sinks, names):
+            g = groups.setdefault(s.config.to_json(), {"config": s.config, "settings": []})
+            g["settings"].append((w, s))
+    return list(groups.values())
+
+
+def server_flags(config: SWAAConfig, config_file: Path) -> list[str]:
+    """Full attention runs stock SGLang (the flashinfer backend, no SWAA): the baseline users
+    compare against. Any other config runs the swaa backend with the config as a file."""
+    if not config.enabled:
+        return ["--attention-backend", "flashinfer"]
+    config_file.write_text(config.to_json() + "\n", encoding="utf-8")
+    return ["--swaa-config", str(config_file)]
+
+
+def run_launched(
+    args: argparse.Namespace,
+    model_path: str,
+    tokenizer: Any,
+    corpus: "Corpus",
+    lengths: Sequence[int],
+    windows: Sequence[int],
+    names: Sequence[str],
+    positions: Sequence[str],
+    depths: Sequence[float],
+    log_dir: Path,
+    on_record: Callable[[dict], None] | None = None,
+    deadline: float | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every setting through a server of its own, one server at a time; returns the records and
+    what each server was (flags, log, start-up seconds). ``deadline`` is shared out evenly over
+    the servers still to run, so that a budget does not starve the last settings."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import soak  # the launcher and stopper of the load scripts
+
+    command = shlex.split(args.launch_command) if args.launch_command else list(soak.LAUNCH_COMMAND)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    groups = server_groups(windows, args.sinks, names)
+    records: list[dict[str, Any]] = []
+    servers: list[dict[str, Any]] = []
+    for i, group in enumerate(groups):
+        label = "_".join(dict.fromkeys(s.name for _, s in group["settings"])).replace("+", "-")
+        flags = server_flags(group["config"], log_dir / f"swaa_config_{i}_{label}.json")
+        launch_args = shlex.join(["--model-path", model_path, *flags]) + " " + (args.launch_args or "")
+        log = log_dir / f"server_{i}_{label}.log"
+        t0 = time.time()
+        logger.info("server %d/%d (%s): %s", i + 1, len(groups), label, launch_args)
+        proc, url = soak.launch(launch_args, args.port, str(log), args.launch_timeout, command)
+        info = {"settings": sorted({s.name for _, s in group["settings"]}),
+                "windows": sorted({w for w, _ in group["settings"]}), "config": group["config"].to_dict(),
+                "flags": launch_args.strip(), "log": log.name, "start_seconds": round(time.time() - t0, 1)}
+        try:
+            share = None if deadline is None else time.time() + (deadline - time.time()) / (len(groups) - i)
+            by_name: dict[str, dict[int, Setting]] = {}
+            for w, s in group["settings"]:
+                by_name.setdefault(s.name, {})[w] = s
+            for name, by_window in by_name.items():
+                runner = ServerRunner(url, next(iter(by_window.values())), args.max_new_tokens, args.endpoint,
+                                      args.prompt_format, args.server_model)
+                records += run_benchmark(
+                    runner, tokenizer, corpus, lengths, sorted(by_window), lambda w: [by_window[w]], args.samples,
+                    args.seed, args.max_new_tokens, positions, depths, not args.no_answer_prefix,
+                    progress=not args.no_progress, on_record=on_record, deadline=share,
+                )
+                info["model"] = runner.model_name()
+        finally:
+            soak.stop(proc)
+        info["seconds"] = round(time.time() - t0, 1)
+        servers.append(info)
+    return records, servers
+
+
 def verify_blockwise(runner: HFRunner, sample: NeedleSample, settings: Sequence[Setting]) -> dict[str, Any]:
     """Greedy answers and per-step logits, blockwise vs the package's reference attention, on one sample."""
 
@@ -851,7 +935,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(HF reference on the embedded SmolLM2, or an OpenAI-compatible server on loopback).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--runner", choices=("hf", "server"), default="hf")
+    p.add_argument("--runner", choices=("hf", "server", "launch"), default="hf",
+                   help="hf: the HF reference here; server: a running server (one setting); launch: start one "
+                   "server per setting here, one after another")
     p.add_argument("--context-lengths", default=str(DEFAULT_CONTEXT_LENGTH), help="comma-separated prompt lengths")
     p.add_argument("--windows", default=",".join(map(str, DEFAULT_WINDOWS)), help="comma-separated window sizes W")
     p.add_argument("--sinks", type=int, default=DEFAULT_SINKS, help="keep_first of the +sink settings")
@@ -897,7 +983,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--server-setting", default="server", help="a name for the server's SWAA config")
     g.add_argument("--server-swaa", default="{}", help="the server's SWAA config as JSON (recorded)")
     g.add_argument("--tokenizer", help="tokenizer directory for the server runner (default: --model-path or SmolLM2)")
+    g = p.add_argument_group("launch runner (also uses --model-path, --endpoint, --prompt-format)")
+    g.add_argument("--launch-args", default="", help="extra server flags, e.g. '--mem-fraction-static 0.5'")
+    g.add_argument("--launch-command", help="the server command before its flags (default: python -m "
+                   "swaa_sglang.launch_server with this Python)")
+    g.add_argument("--port", type=int, default=30000, help="port of the launched servers")
+    g.add_argument("--launch-timeout", type=float, default=900, help="seconds to wait for each server's /health")
     return p
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
 
 
 def _ints(text: str) -> list[int]:
@@ -932,6 +1033,14 @@ def main(argv: list[str] | None = None) -> int:
         runner = HFRunner.load(args.model_path, args.device, args.dtype, args.max_new_tokens, args.attention)
         tokenizer = runner.tokenizer
         settings_for = lambda w: build_settings(w, args.sinks, names)
+    elif args.runner == "launch":
+        from swaa_sglang.models import default_model_path
+
+        # the embedded model as the GPU host provisions it (a carried GGUF), else from its package
+        model_path = args.model_path or default_model_path(os.environ.get("SWAA_SMOLLM2_SOURCE"))
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or model_path)
+        settings_for = lambda w: build_settings(w, args.sinks, names)
+        runner = None
     else:
         from swaa_sglang.models import default_model_path
 
@@ -978,23 +1087,36 @@ def main(argv: list[str] | None = None) -> int:
             with open(partial, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
-    records = run_benchmark(
-        runner,
-        tokenizer,
-        corpus,
-        lengths,
-        windows,
-        settings_for,
-        args.samples,
-        args.seed,
-        args.max_new_tokens,
-        positions,
-        depths,
-        not args.no_answer_prefix,
-        progress=not args.no_progress,
-        on_record=keep,
-        deadline=started + 60 * args.max_minutes if args.max_minutes else None,
-    )
+    deadline = started + 60 * args.max_minutes if args.max_minutes else None
+    if args.runner == "launch":
+        log_dir = Path(args.out).with_suffix("") if args.out else Path(f"quality_servers_{int(started)}")
+        records, servers = run_launched(
+            args, model_path, tokenizer, corpus, lengths, windows, names, positions, depths,
+            log_dir, on_record=keep, deadline=deadline,
+        )
+        runner_info = {"runner": "launch", "sglang": _version("sglang"), "flashinfer": _version("flashinfer-python"),
+                       "launch_command": args.launch_command or "python -m swaa_sglang.launch_server",
+                       "endpoint": args.endpoint, "prompt_format": args.prompt_format, "model_path": model_path,
+                       "server_logs": str(log_dir), "servers": servers}
+    else:
+        records = run_benchmark(
+            runner,
+            tokenizer,
+            corpus,
+            lengths,
+            windows,
+            settings_for,
+            args.samples,
+            args.seed,
+            args.max_new_tokens,
+            positions,
+            depths,
+            not args.no_answer_prefix,
+            progress=not args.no_progress,
+            on_record=keep,
+            deadline=deadline,
+        )
+        runner_info = runner.describe()
     elapsed = time.time() - started
     num_layers = getattr(runner, "num_layers", None)
     result = {
@@ -1002,7 +1124,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv[:1], *(argv or sys.argv[1:])]),
         "machine": machine_info(),
-        "runner": runner.describe(),
+        "runner": runner_info,
         "task": {
             "context_lengths": lengths,
             "windows": windows,

@@ -9,7 +9,9 @@ of them starting with one of a few common prefixes (radix cache hits), sent with
 ``--faults``: an empty prompt, a prompt over the context, ``max_new_tokens`` = 10**9, a
 malformed JSON body, a client that disconnects mid-stream, and an abort (``/abort_request``
 with the request's ``rid``) during the chunked prefill of a long prompt; after each one a
-normal request must still succeed.
+normal request must still succeed, within ``--slow-recovery`` seconds, and the server must go
+idle (nothing left running, e.g. a disconnected stream) within ``--settle-timeout``.
+``--rounds N`` repeats the sequence on the same server.
 
 Both end with the KV pool accounting read from SGLang 0.5.17's ``GET /v1/loads?include=core``
 (``loads[i].num_used_tokens`` = pool size - free - evictable radix-cache tokens, so 0 on an
@@ -44,7 +46,7 @@ import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime, timezone
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 TOKEN_LO, TOKEN_HI = 100, 30000  # ids valid in any vocabulary of 32k or more
 
@@ -273,21 +275,51 @@ def run_faults(client: Client, args) -> dict:
         ("abort_during_chunked_prefill", lambda: abort_during_prefill(client, ids(long_len), args.abort_delay)),
     ]
     rows = []
-    for name, fault in faults:
-        start = time.time()
-        try:
-            row = fault()
-        except Exception as e:  # the fault itself failing is an outcome too
-            row = {"status": None, "detail": f"{type(e).__name__}: {e}"}
-        row = {"fault": name, **row, "seconds": round(time.time() - start, 3)}
-        status, body = client.generate(ids(32), 8, timeout=120)
-        row["healthy_after"] = status == 200 and output_tokens(body) == 8
-        rows.append(row)
-        print(f"{name}: status {row.get('status')} ({row.get('detail', '')[:100]}); server healthy after: "
-              f"{row['healthy_after']}", file=sys.stderr, flush=True)
+    for round_ in range(args.rounds):
+        for name, fault in faults:
+            rows.append(run_fault(client, name, fault, ids(32), args, round_))
     after = client.wait_idle()
+    slow = [f"{r['fault']} (round {r['round']}): {r['recover_s']} s" for r in rows
+            if r["recover_s"] is not None and r["recover_s"] > args.slow_recovery]
+    unsettled = [f"{r['fault']} (round {r['round']})" for r in rows if r["settled"] is False]
     return {"faults": rows, "pool_before": before, "pool_after": after,
-            "summary": {"faults": len(rows), "healthy_after_all": all(r["healthy_after"] for r in rows)}}
+            "summary": {"faults": len(rows), "rounds": args.rounds,
+                        "healthy_after_all": all(r["healthy_after"] for r in rows),
+                        "max_recover_s": max((r["recover_s"] or 0.0) for r in rows),
+                        "max_settle_s": max(r["settle_s"] for r in rows),
+                        "slow_recoveries": slow, "unsettled": unsettled}}
+
+
+def run_fault(client: Client, name: str, fault: Callable[[], dict], probe_ids: list[int], args,
+              round_: int) -> dict:
+    """One fault, then the two things a server that survived it does: answer a normal request
+    promptly (``recover_s``: that request's latency; over ``--slow-recovery`` is a failure) and go
+    idle (``settle_s``: until no request runs or waits, e.g. a disconnected stream still decoding;
+    not idle within ``--settle-timeout`` is a failure). Wall-clock times (UTC) line the row up
+    with the server log."""
+    started = datetime.now(timezone.utc)
+    start = time.time()
+    try:
+        row = fault()
+    except Exception as e:  # the fault itself failing is an outcome too
+        row = {"status": None, "detail": f"{type(e).__name__}: {e}"}
+    row = {"fault": name, "round": round_, "started_at": started.isoformat(timespec="milliseconds"),
+           **row, "seconds": round(time.time() - start, 3)}
+    row["loads_after_fault"] = client.loads()
+    probe_start = time.time()
+    status, body = client.generate(probe_ids, 8, timeout=args.recover_timeout)
+    row["recover_s"] = round(time.time() - probe_start, 3)
+    row["healthy_after"] = status == 200 and output_tokens(body) == 8
+    if not row["healthy_after"]:
+        row["probe_error"] = error_text(status, body)
+    settle_start = time.time()
+    idle = client.wait_idle(timeout=args.settle_timeout)
+    row["settle_s"] = round(time.time() - settle_start, 3)
+    # None: /v1/loads unavailable, so not known
+    row["settled"] = None if idle is None else idle["num_running_reqs"] == 0 and idle["num_waiting_reqs"] == 0
+    print(f"{name} (round {round_}): status {row.get('status')} ({row.get('detail', '')[:100]}); healthy after: "
+          f"{row['healthy_after']} in {row['recover_s']} s; idle after {row['settle_s']} s", file=sys.stderr, flush=True)
+    return row
 
 
 def _status_of(resp: tuple[int, Any]) -> dict:
@@ -300,8 +332,14 @@ def _status_of(resp: tuple[int, Any]) -> dict:
 
 
 # -- launching, reporting ------------------------------------------------------------------------------
-def launch(launch_args: str, port: int, log_path: str, timeout: float) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "swaa_sglang.launch_server", *shlex.split(launch_args), "--port", str(port)]
+LAUNCH_COMMAND = (sys.executable, "-m", "swaa_sglang.launch_server")
+
+
+def launch(launch_args: str, port: int, log_path: str, timeout: float,
+           command: Sequence[str] = LAUNCH_COMMAND) -> tuple[subprocess.Popen, str]:
+    """Start ``command ARGS --port PORT`` in a session of its own (so that ``stop`` ends all of
+    SGLang's processes) and wait for ``/health``."""
+    cmd = [*command, *shlex.split(launch_args), "--port", str(port)]
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -359,8 +397,11 @@ def print_table(report: dict) -> None:
                  ("p99 latency (s)", s["p99_latency_s"]), ("output tok/s", s["output_tok_per_s"]),
                  ("cached prompt tokens", s["cached_tokens"])]
     else:
-        rows += [(f"fault {r['fault']}", f"status {r.get('status')}, healthy after: {r['healthy_after']}")
-                 for r in report["faults"]]
+        rows += [(f"fault {r['fault']}" + (f" (round {r['round']})" if s["rounds"] > 1 else ""),
+                  f"status {r.get('status')}, healthy after: {r['healthy_after']} in {r['recover_s']} s, "
+                  f"idle after {r['settle_s']} s") for r in report["faults"]]
+        rows += [("slow recoveries", "; ".join(s["slow_recoveries"]) or "none"),
+                 ("not idle afterwards", "; ".join(s["unsettled"]) or "none")]
     for key in ("pool_before", "pool_after"):
         p = report[key]
         rows.append((f"{key.replace('_', ' ')} (used tokens / usage)",
@@ -395,6 +436,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fault-timeout", type=float, default=30,
                    help="how long the absurd-max_new_tokens request may run before the client gives up (s)")
     p.add_argument("--abort-delay", type=float, default=0.3, help="seconds between sending the long prompt and aborting it")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="faults: run the sequence this many times on the same server (a first-use cost shows once, "
+                   "a defect every round)")
+    p.add_argument("--recover-timeout", type=float, default=120,
+                   help="faults: how long the normal request after each fault may take before it counts as failed (s)")
+    p.add_argument("--slow-recovery", type=float, default=10,
+                   help="faults: a normal request after a fault that takes longer than this fails the run (s)")
+    p.add_argument("--settle-timeout", type=float, default=120,
+                   help="faults: how long the server may take to go idle after each fault (s)")
     p.add_argument("--flush", action="store_true", help="call /flush_cache at the end and record the pool after it")
     p.add_argument("--out", help="write the JSON report here")
     return p
@@ -404,6 +454,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if not 1 <= args.min_len <= args.max_len:
         raise SystemExit("--min-len/--max-len: need 1 <= min-len <= max-len")
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds: got {args.rounds}; need at least 1")
     proc = None
     url = args.url
     if args.launch:
@@ -432,7 +484,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             json.dump(report, f, indent=1)
     failed = report["leak_check"].get("checked") and not report["leak_check"]["ok"]
     if args.faults:
-        failed = failed or not report["summary"]["healthy_after_all"]
+        s = report["summary"]
+        failed = failed or not s["healthy_after_all"] or bool(s["slow_recoveries"]) or bool(s["unsettled"])
     return 1 if failed else 0
 
 

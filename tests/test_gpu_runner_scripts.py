@@ -164,3 +164,40 @@ def test_gpu_host_saves_flashinfer_kernels_and_loads_them_as_aot_modules(tmp_pat
     assert not list((tmp_path / "aot").glob("*/build.ninja"))
     r = host("loadjit", "savjit")
     assert r.returncode == 1 and "unknown step 'savjit'" in r.stderr
+
+
+def test_gpu_host_soak_and_fault_steps_build_the_server_command(tmp_path):
+    """The faults step runs two rounds by default; SOAK_PRESET=vanilla serves stock SGLang (flashinfer,
+    no SWAA flag) through the same launcher as a control; SOAK_ARGS / FAULT_ARGS reach the command."""
+    root = tmp_path / "repo"
+    (root / "benchmarks").mkdir(parents=True)
+    shutil.copy(BENCH / "gpu_host.sh", root / "benchmarks" / "gpu_host.sh")
+    fakebin = tmp_path / "bin"
+    fakebin.mkdir()
+    (fakebin / "python3").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$ARGS_OUT"\n')
+    (fakebin / "python3").chmod(0o755)
+    base = {**os.environ, "PATH": f"{fakebin}:{os.environ['PATH']}", "SWAA_SKIP_INSTALL": "1",
+            "SWAA_RESULTS_DIR": str(tmp_path / "res"), "ARGS_OUT": str(tmp_path / "args.txt")}
+
+    def argv(step, **env):
+        r = subprocess.run(["bash", "benchmarks/gpu_host.sh", step], cwd=root, env={**base, **env},
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return (tmp_path / "args.txt").read_text().splitlines()
+
+    a = argv("faults")
+    launch = a[a.index("--launch") + 1]
+    assert "--faults" in a and a[a.index("--rounds") + 1] == "2"
+    assert "--swaa-preset sink100-2k" in launch and "--context-length 40960" in launch
+    a = argv("faults", SOAK_PRESET="vanilla", FAULT_ARGS="--rounds 3 --slow-recovery 5", SOAK_ARGS="--tp 2")
+    launch = a[a.index("--launch") + 1]
+    assert "--attention-backend flashinfer" in launch and "--swaa" not in launch and "--tp 2" in launch
+    assert a[a.index("--rounds") + 1] == "3" and a[a.index("--slow-recovery") + 1] == "5"
+    a = argv("soak", SOAK_ARGS="--swaa-evict-window on")
+    launch = a[a.index("--launch") + 1]
+    assert "--swaa-preset sink100-2k" in launch and launch.endswith("--swaa-evict-window on")
+    assert a[a.index("--requests") + 1] == "1000" and a[a.index("--concurrency") + 1] == "64"
+    a = argv("quality", QUALITY_ARGS="--windows 256,1024 --samples 8")
+    assert a[0] == "benchmarks/quality_niah.py" and a[a.index("--runner") + 1] == "launch"
+    assert a[a.index("--windows") + 1] == "256,1024" and a[a.index("--out") + 1].endswith("res/quality_server.json")
+    assert a[a.index("--launch-args") + 1].startswith("--mem-fraction-static 0.5")

@@ -431,3 +431,88 @@ def test_wilson_interval():
         for k in range(n + 1):
             lo, hi = rq.wilson(k, n)
             assert 0 <= lo <= k / n <= hi <= 1, (k, n, lo, hi)
+
+
+# -- launch runner: one server per setting, started and stopped here ---------------------------------
+FAKE_SERVER = r'''
+"""A stand-in for `python -m swaa_sglang.launch_server`: records its flags, answers the needle
+when its config can see it (full attention, or any sinks: a rule the test can predict)."""
+import json, os, re, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+argv = sys.argv[1:]
+flag = lambda name: argv[argv.index(name) + 1] if name in argv else None
+config = json.load(open(flag("--swaa-config"))) if flag("--swaa-config") else None
+with open(os.environ["FAKE_LAUNCHES"], "a") as f:
+    f.write(json.dumps({"argv": argv, "config": config, "pid": os.getpid()}) + "\n")
+sees_needle = config is None or config["keep_first"] > 0
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+    def _send(self, obj):
+        data = json.dumps(obj).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._send({"data": [{"id": "fake:" + flag("--model-path")}]} if self.path == "/v1/models" else {})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        value = re.search(r"magic number for [A-Za-z ]+ is (\d{7})\.", body["prompt"]).group(1)
+        answer = f" {value}." if sees_needle else " 1234567."
+        self._send({"choices": [{"text": answer}], "usage": {"completion_tokens": 4}})
+
+ThreadingHTTPServer(("127.0.0.1", int(flag("--port"))), Handler).serve_forever()
+'''
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_launch_runner_starts_one_server_per_config(smollm2_path, tmp_path, monkeypatch):
+    """Full attention is one config at every window, so one stock-SGLang server answers it for both;
+    every other (window, setting) gets a swaa server with its config as a file; each server is
+    stopped before the next starts, and the answers land under the right setting."""
+    import os
+
+    fake = tmp_path / "fake_server.py"
+    fake.write_text(FAKE_SERVER)
+    launches = tmp_path / "launches.jsonl"
+    monkeypatch.setenv("FAKE_LAUNCHES", str(launches))
+    out = tmp_path / "q_launch.json"
+    argv = ["--runner", "launch", "--launch-command", f"{sys.executable} {fake}", "--model-path", smollm2_path,
+            "--launch-args", "--mem-fraction-static 0.5", "--port", str(_free_port()), "--prompt-format", "text",
+            "--settings", "full,sw,sw+sink", "--windows", "256,512", "--context-lengths", "1024", "--samples", "2",
+            "--no-progress", "--out", str(out)]  # fmt: skip
+    assert q.main(argv) == 0
+    result = json.loads(out.read_text())
+    started = [json.loads(line) for line in launches.read_text().splitlines()]
+    assert len(started) == len(result["runner"]["servers"]) == 5  # full once, then sw and sw+sink per window
+    full = [s for s in started if s["config"] is None]
+    assert len(full) == 1 and "--attention-backend" in full[0]["argv"]
+    assert full[0]["argv"][full[0]["argv"].index("--attention-backend") + 1] == "flashinfer"
+    swaa = sorted((s["config"]["sliding_window_size"], s["config"]["keep_first"]) for s in started if s["config"])
+    assert swaa == [(256, 0), (256, q.DEFAULT_SINKS), (512, 0), (512, q.DEFAULT_SINKS)]
+    for s in started:
+        assert s["argv"][s["argv"].index("--model-path") + 1] == smollm2_path
+        assert "--mem-fraction-static" in s["argv"] and "--swaa-preset" not in s["argv"]
+        with pytest.raises(ProcessLookupError):  # stopped
+            os.kill(s["pid"], 0)
+    servers = {tuple(s["settings"]): s for s in result["runner"]["servers"]}
+    assert servers[("full",)]["windows"] == [256, 512] and servers[("full",)]["model"] == f"fake:{smollm2_path}"
+    assert all((out.with_suffix("") / s["log"]).exists() for s in result["runner"]["servers"])
+    cells = {(r["window"], r["setting"], r["position"]): (r["correct"], r["n"]) for r in result["summary"]}
+    assert len(cells) == 12 and all(n == 2 for _, n in cells.values())
+    for (w, name, pos), (correct, n) in cells.items():
+        assert correct == (n if name in ("full", "sw+sink") else 0), (w, name, pos)
+    assert [s["name"] for s in result["settings"]["512"]] == ["full", "sw", "sw+sink"]

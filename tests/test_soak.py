@@ -29,8 +29,12 @@ MAX_INPUT = 2000
 
 
 class FakeSGLang:
-    def __init__(self, error_mod: int = 0, leak_tokens: int = 0):
+    def __init__(self, error_mod: int = 0, leak_tokens: int = 0, zombie_s: float = 0.0, stall_s: float = 0.0):
+        """zombie_s: a streamed request keeps running this long (num_running_reqs 1), whatever the
+        client does; stall_s: after a streamed request, /generate answers nothing for this long."""
         self.error_mod, self.leak_tokens = error_mod, leak_tokens
+        self.zombie_s, self.stall_s = zombie_s, stall_s
+        self.zombie_until = self.stall_until = 0.0
         self.lock = threading.Lock()
         self.generated = self.errors = 0
         self.aborted: set[str] = set()
@@ -47,7 +51,9 @@ class FakeSGLang:
                     used = fake.leak_tokens if fake.finished else 0
                     self._json({"timestamp": "2026-11-28T00:00:00+00:00", "version": "0.5.17", "accelerator": "Fake GPU 80GB",
                                 "num_accelerators": 1,
-                                "loads": [{"timestamp": 1.0, "dp_rank": 0, "num_running_reqs": 0, "num_waiting_reqs": 0,
+                                "loads": [{"timestamp": 1.0, "dp_rank": 0,
+                                           "num_running_reqs": int(time.time() < fake.zombie_until),
+                                           "num_waiting_reqs": 0,
                                            "num_waiting_uncached_tokens": 0, "num_used_tokens": used,
                                            "num_total_tokens": used, "num_active_tokens": used,
                                            "max_total_num_tokens": 100000, "max_running_requests": 64,
@@ -95,6 +101,8 @@ class FakeSGLang:
                     return self._json({"text": "", "meta_info": {"id": body["rid"], "completion_tokens": 0,
                                        "finish_reason": {"type": "abort", "message": "Abort before prefill"}}})
                 if body.get("stream"):
+                    fake.zombie_until = time.time() + fake.zombie_s
+                    fake.stall_until = time.time() + fake.stall_s
                     self.send_response(200)
                     self.send_header("Content-Type", "text/event-stream")
                     self.end_headers()
@@ -108,6 +116,7 @@ class FakeSGLang:
                         fake.log.append(("POST", "/generate stream", -1))  # the client went away
                     self.close_connection = True
                     return
+                time.sleep(max(0.0, fake.stall_until - time.time()))
                 n = min(n, MAX_INPUT + 100 - len(ids))
                 with fake.lock:
                     fake.generated += n
@@ -201,3 +210,37 @@ def test_faults_record_each_outcome(fake, tmp_path):
             break
         time.sleep(0.1)
     assert ("POST", "/generate stream", -1) in server.log
+    assert rep["summary"]["rounds"] == 1 and rep["summary"]["slow_recoveries"] == [] == rep["summary"]["unsettled"]
+    assert all(f["settled"] is True and 0 <= f["recover_s"] < 10 for f in rep["faults"])
+    assert all(f["started_at"].startswith("20") and f["loads_after_fault"]["num_running_reqs"] == 0
+               for f in rep["faults"])
+
+
+def test_faults_time_recovery_and_settling(fake, tmp_path):
+    """A stream that keeps running after its client left shows as settle time; a server that
+    stops answering for a while after it fails the run, naming the fault; rounds repeat it."""
+    server = fake(zombie_s=1.5)
+    rc, rep, stdout = _soak("--url", server.url, "--faults", "--abort-delay", "0.1", "--rounds", "2",
+                            "--settle-timeout", "20", tmp_path=tmp_path)
+    assert [(f["round"], f["fault"]) for f in rep["faults"]][5:7] == [(0, "abort_during_chunked_prefill"),
+                                                                      (1, "empty_prompt")]
+    disc = [f for f in rep["faults"] if f["fault"] == "disconnect_mid_stream"]
+    assert len(disc) == 2 and all(f["settled"] and f["settle_s"] >= 1.0 for f in disc)
+    assert all(f["loads_after_fault"]["num_running_reqs"] == 1 for f in disc)
+    assert all(f["settle_s"] < 1.0 for f in rep["faults"] if f["fault"] != "disconnect_mid_stream")
+    assert rep["summary"]["max_settle_s"] >= 1.0 and rc == 0 and "(round 1)" in stdout
+
+    server = fake(stall_s=2.5)
+    rc, rep, stdout = _soak("--url", server.url, "--faults", "--abort-delay", "0.1", "--slow-recovery", "1",
+                            tmp_path=tmp_path)
+    by = {f["fault"]: f for f in rep["faults"]}
+    assert by["disconnect_mid_stream"]["healthy_after"] and by["disconnect_mid_stream"]["recover_s"] >= 2.0
+    assert rep["summary"]["slow_recoveries"] == [f"disconnect_mid_stream (round 0): {by['disconnect_mid_stream']['recover_s']} s"]
+    assert rc == 1 and "slow recoveries" in stdout
+
+    server = fake(zombie_s=30)
+    rc, rep, _ = _soak("--url", server.url, "--faults", "--abort-delay", "0.1", "--settle-timeout", "1",
+                       tmp_path=tmp_path)
+    # the zombie still runs during the fault after it, so that one is not idle afterwards either
+    assert rep["summary"]["unsettled"] == ["disconnect_mid_stream (round 0)", "abort_during_chunked_prefill (round 0)"]
+    assert rc == 1
