@@ -274,6 +274,7 @@ def run_faults(client: Client, args) -> dict:
         ("disconnect_mid_stream", lambda: stream_then_disconnect(client.url, ids(64))),
         ("abort_during_chunked_prefill", lambda: abort_during_prefill(client, ids(long_len), args.abort_delay)),
     ]
+    warmup = None if args.no_warmup else warm_up_sampling(client, ids(64), ids(32))
     rows = []
     for round_ in range(args.rounds):
         for name, fault in faults:
@@ -282,12 +283,36 @@ def run_faults(client: Client, args) -> dict:
     slow = [f"{r['fault']} (round {r['round']}): {r['recover_s']} s" for r in rows
             if r["recover_s"] is not None and r["recover_s"] > args.slow_recovery]
     unsettled = [f"{r['fault']} (round {r['round']})" for r in rows if r["settled"] is False]
-    return {"faults": rows, "pool_before": before, "pool_after": after,
+    return {"warmup": warmup, "faults": rows, "pool_before": before, "pool_after": after,
             "summary": {"faults": len(rows), "rounds": args.rounds,
                         "healthy_after_all": all(r["healthy_after"] for r in rows),
                         "max_recover_s": max((r["recover_s"] or 0.0) for r in rows),
                         "max_settle_s": max(r["settle_s"] for r in rows),
                         "slow_recoveries": slow, "unsettled": unsettled}}
+
+
+def warm_up_sampling(client: Client, sampled_ids: list[int], greedy_ids: list[int]) -> dict:
+    """A sampled and a greedy request decoding in one batch, before any fault. SGLang then samples
+    the batch with FlashInfer's top-k/top-p kernel (the greedy request's top_k = 1 sets the batch's
+    flag), whose module FlashInfer compiles on first use on a machine (1-2 minutes, the scheduler
+    waits); the faults after it then measure fault handling, not that compile. Its time is kept."""
+    result: dict = {}
+
+    def sampled():
+        body = {"input_ids": sampled_ids, "sampling_params": {"max_new_tokens": 64, "ignore_eos": True,
+                                                              "temperature": 1.0}}
+        result["sampled_status"], _ = client.request("POST", "/generate", body)
+
+    start = time.time()
+    t = threading.Thread(target=sampled)
+    t.start()
+    time.sleep(0.05)  # the sampled request first, so that the greedy one joins its decode batch
+    status, body = client.generate(greedy_ids, 8)
+    t.join()
+    out = {"seconds": round(time.time() - start, 3), "greedy_status": status,
+           "sampled_status": result.get("sampled_status")}
+    print(f"warm-up (a sampled and a greedy request together): {out['seconds']} s", file=sys.stderr, flush=True)
+    return out
 
 
 def run_fault(client: Client, name: str, fault: Callable[[], dict], probe_ids: list[int], args,
@@ -400,6 +425,8 @@ def print_table(report: dict) -> None:
         rows += [(f"fault {r['fault']}" + (f" (round {r['round']})" if s["rounds"] > 1 else ""),
                   f"status {r.get('status')}, healthy after: {r['healthy_after']} in {r['recover_s']} s, "
                   f"idle after {r['settle_s']} s") for r in report["faults"]]
+        if report.get("warmup"):
+            rows.insert(0, ("warm-up (s)", report["warmup"]["seconds"]))
         rows += [("slow recoveries", "; ".join(s["slow_recoveries"]) or "none"),
                  ("not idle afterwards", "; ".join(s["unsettled"]) or "none")]
     for key in ("pool_before", "pool_after"):
@@ -436,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fault-timeout", type=float, default=30,
                    help="how long the absurd-max_new_tokens request may run before the client gives up (s)")
     p.add_argument("--abort-delay", type=float, default=0.3, help="seconds between sending the long prompt and aborting it")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="faults: skip the warm-up (a sampled and a greedy request together, so that first-use "
+                   "kernel compiles happen before the faults, with their time recorded)")
     p.add_argument("--rounds", type=int, default=1,
                    help="faults: run the sequence this many times on the same server (a first-use cost shows once, "
                    "a defect every round)")

@@ -36,7 +36,7 @@ class FakeSGLang:
         self.zombie_s, self.stall_s = zombie_s, stall_s
         self.zombie_until = self.stall_until = 0.0
         self.lock = threading.Lock()
-        self.generated = self.errors = 0
+        self.generated = self.errors = self.sampled = 0
         self.aborted: set[str] = set()
         self.waiting: dict[str, threading.Event] = {}
         self.finished = False  # after the first /generate, report the leak (if any)
@@ -84,6 +84,8 @@ class FakeSGLang:
                 if self.path != "/generate":
                     return self._json({"detail": "Not Found"}, 404)
                 ids, sp = body.get("input_ids"), body.get("sampling_params", {})
+                if sp.get("temperature", 1.0) > 0 and not body.get("stream"):
+                    fake.sampled += 1
                 n = int(sp.get("max_new_tokens", 16))
                 with fake.lock:
                     fake.finished = True
@@ -211,6 +213,9 @@ def test_faults_record_each_outcome(fake, tmp_path):
         time.sleep(0.1)
     assert ("POST", "/generate stream", -1) in server.log
     assert rep["summary"]["rounds"] == 1 and rep["summary"]["slow_recoveries"] == [] == rep["summary"]["unsettled"]
+    # the warm-up ran before the faults: a sampled and a greedy request, both answered
+    assert rep["warmup"]["sampled_status"] == 200 == rep["warmup"]["greedy_status"] and "warm-up (s)" in stdout
+    assert server.sampled == 1
     assert all(f["settled"] is True and 0 <= f["recover_s"] < 10 for f in rep["faults"])
     assert all(f["started_at"].startswith("20") and f["loads_after_fault"]["num_running_reqs"] == 0
                for f in rep["faults"])
