@@ -277,8 +277,19 @@ class SWAAConfig:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "SWAAConfig":
+        """From a ``.yaml``/``.yml`` or JSON file; a file that cannot be read or parsed is a
+        ValueError naming ``swaa_config`` (the launcher turns those into a one-line error)."""
+        import yaml
+
         p = str(path)
-        return cls.from_yaml(p) if p.endswith((".yaml", ".yml")) else cls.from_json(p)
+        try:
+            return cls.from_yaml(p) if p.endswith((".yaml", ".yml")) else cls.from_json(p)
+        except OSError as e:
+            raise ValueError(f"swaa_config: cannot read {p!r} ({e.strerror or e}); allowed: a readable JSON "
+                             "or YAML file (.yaml/.yml) with the SWAA fields") from None
+        except yaml.YAMLError as e:
+            raise ValueError(f"swaa_config: {p!r} is not valid YAML ({e}); allowed: a JSON or YAML file "
+                             "with the SWAA fields") from None
 
     @classmethod
     def from_cli(

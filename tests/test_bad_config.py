@@ -83,6 +83,20 @@ def test_dict_yaml_json(case, tmp_path):
         _assert_names(_load_and_validate(lambda: SWAAConfig.from_file(tmp_path / name)), field, value, allowed)
 
 
+def test_unreadable_config_file(tmp_path):
+    """A missing file, a directory and broken YAML are one-line ValueErrors naming swaa_config."""
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("swaa: {sliding_window_size: 64\n")
+    for path, value in ((tmp_path / "missing.json", "missing.json"), (tmp_path, "cannot read"),
+                        (bad_yaml, "not valid YAML")):
+        with pytest.raises(ValueError) as e:
+            SWAAConfig.from_file(path)
+        _assert_names(str(e.value), "swaa_config", value, "allowed: a")
+    with pytest.raises(ValueError, match="invalid JSON"):  # broken JSON was already a ValueError
+        (tmp_path / "bad.json").write_text("{not json")
+        SWAAConfig.from_file(tmp_path / "bad.json")
+
+
 # -- subprocesses: the three entry points -----------------------------------------------------------------------
 BATCH = r"""
 import json, sys
@@ -171,6 +185,7 @@ def _swaa_cli_cases(tmp: Path) -> list[dict]:
         "preset-sinks-over-context": ["--swaa-preset", "balanced", "--context-length", "64"],
         "preset-fa-names-full": ["--swaa-preset", "balanced", "--swaa-fa-decode", "1"],
         "config-file-duplicate": ["--swaa-config", str(bad_yaml)],
+        "config-file-missing": ["--swaa-config", str(tmp / "missing.yaml")],
     }
     server = {c[0]: [a for k, v in c[1].items() if v is not None for a in ((_flag(k),) if v is True else (_flag(k), v))]
               for c in SERVER_CASES}
@@ -252,6 +267,7 @@ EXPECTED.update({
     "preset-fa-names-full": ("force_fa_decode", "layers [1]", "allowed: sliding layers only"),
     "config-file-duplicate": ("non_sliding_layers", "layer 1 is listed twice", "each layer id once"),
     "missing-config": ("swaa", "needs a SWAA config", "--json-model-override-args"),
+    "config-file-missing": ("swaa_config", "missing.yaml", "allowed: a readable JSON or YAML file"),
 })
 
 
