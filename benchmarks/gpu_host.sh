@@ -56,7 +56,10 @@ for step in $steps; do
     quality)     # needle accuracy per setting through live servers on SmolLM2 real weights, one server per setting
                  logged quality python3 benchmarks/quality_niah.py --runner launch --no-progress \
                    --launch-args "--mem-fraction-static 0.5 ${QUALITY_LAUNCH_ARGS:-}" \
-                   ${QUALITY_ARGS:---context-lengths 4096 --windows 512 --samples 11} --out "$SWAA_RESULTS_DIR/quality_server$tag.json" ;;
+                   ${QUALITY_ARGS:---context-lengths 4096 --windows 512 --samples 11} --out "$SWAA_RESULTS_DIR/quality_server$tag.json"
+                 # the servers' logs and configs as one file (a device call returns at most 8)
+                 [ -d "$SWAA_RESULTS_DIR/quality_server$tag" ] && tar czf "$SWAA_RESULTS_DIR/quality_server$tag.servers.tgz" \
+                   -C "$SWAA_RESULTS_DIR" "quality_server$tag" && rm -rf "$SWAA_RESULTS_DIR/quality_server$tag" ;;
     concurrency) logged concurrency python3 benchmarks/bench_concurrency.py ${CONC_ARGS:-} --out "$SWAA_RESULTS_DIR/concurrency$tag.json" ;;
     bench)       logged bench_ops python3 benchmarks/bench_attention_ops.py ${BENCH_ARGS:-} --out "$SWAA_RESULTS_DIR/ops$tag.json" ;;
     savejit)     # this host's compiled FlashInfer modules, as <ver>/<arch>/<name>/<name>.so, in <=15 MiB parts

@@ -60,6 +60,7 @@ import platform
 import random
 import re
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -880,10 +881,17 @@ def run_launched(
         log = log_dir / f"server_{i}_{label}.log"
         t0 = time.time()
         logger.info("server %d/%d (%s): %s", i + 1, len(groups), label, launch_args)
-        proc, url = soak.launch(launch_args, args.port, str(log), args.launch_timeout, command)
         info = {"settings": sorted({s.name for _, s in group["settings"]}),
                 "windows": sorted({w for w, _ in group["settings"]}), "config": group["config"].to_dict(),
-                "flags": launch_args.strip(), "log": log.name, "start_seconds": round(time.time() - t0, 1)}
+                "flags": launch_args.strip(), "log": log.name}
+        servers.append(info)
+        try:
+            proc, url = soak.launch(launch_args, args.port, str(log), args.launch_timeout, command)
+        except SystemExit as e:  # this setting's server did not come up: record it, go on with the next
+            info["error"] = str(e)
+            logger.error("server %d (%s) did not start: %s", i + 1, label, e)
+            continue
+        info["start_seconds"] = round(time.time() - t0, 1)
         try:
             share = None if deadline is None else time.time() + (deadline - time.time()) / (len(groups) - i)
             by_name: dict[str, dict[int, Setting]] = {}
@@ -898,10 +906,12 @@ def run_launched(
                     progress=not args.no_progress, on_record=on_record, deadline=share,
                 )
                 info["model"] = runner.model_name()
+        except Exception as e:  # e.g. the server died mid-run: keep what it answered, go on
+            info["error"] = f"{type(e).__name__}: {e}"
+            logger.error("server %d (%s) failed: %s", i + 1, label, info["error"])
         finally:
             soak.stop(proc)
         info["seconds"] = round(time.time() - t0, 1)
-        servers.append(info)
     return records, servers
 
 
@@ -1089,6 +1099,8 @@ def main(argv: list[str] | None = None) -> int:
 
     deadline = started + 60 * args.max_minutes if args.max_minutes else None
     if args.runner == "launch":
+        # a SIGTERM (a time limit) unwinds through run_launched's `finally`, which stops the server
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         log_dir = Path(args.out).with_suffix("") if args.out else Path(f"quality_servers_{int(started)}")
         records, servers = run_launched(
             args, model_path, tokenizer, corpus, lengths, windows, names, positions, depths,
@@ -1180,7 +1192,10 @@ def main(argv: list[str] | None = None) -> int:
 
             for path in render_files(out):
                 print(f"wrote {path}")
-    return 0
+    failed = [s for s in result["runner"].get("servers", []) if s.get("error")]
+    for s in failed:
+        print(f"server for {', '.join(s['settings'])} failed: {s['error']} (log: {s['log']})", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

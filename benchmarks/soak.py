@@ -299,7 +299,7 @@ def warm_up_sampling(client: Client, sampled_ids: list[int], greedy_ids: list[in
     result: dict = {}
 
     def sampled():
-        body = {"input_ids": sampled_ids, "sampling_params": {"max_new_tokens": 64, "ignore_eos": True,
+        body = {"input_ids": sampled_ids, "sampling_params": {"max_new_tokens": 256, "ignore_eos": True,
                                                               "temperature": 1.0}}
         result["sampled_status"], _ = client.request("POST", "/generate", body)
 
@@ -365,6 +365,9 @@ def launch(launch_args: str, port: int, log_path: str, timeout: float,
     """Start ``command ARGS --port PORT`` in a session of its own (so that ``stop`` ends all of
     SGLang's processes) and wait for ``/health``."""
     cmd = [*command, *shlex.split(launch_args), "--port", str(port)]
+    if Client(f"http://127.0.0.1:{port}").request("GET", "/health", timeout=5)[0] != 0:
+        # a server left from an earlier run would answer /health for the new one, and be measured instead
+        raise SystemExit(f"port {port} already answers: another server is running there; stop it or pick another --port")
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -386,7 +389,8 @@ def stop(proc: subprocess.Popen) -> None:
     except (ProcessLookupError, subprocess.TimeoutExpired):
         try:
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            proc.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
 
 

@@ -30,7 +30,8 @@ SLACK = 0.15
 
 @pytest.fixture(scope="module")
 def workload(smollm2_gpu_path):
-    """8 target prompts (essays, 300-700 tokens) and 24 unrelated busy-batch prompts."""
+    """24 target prompts (essays, 300-700 tokens; many, because one early divergence in a few
+    targets would move the mean a lot) and 24 unrelated busy-batch prompts."""
     from transformers import AutoTokenizer
 
     from swaa_sglang.data import essay_texts
@@ -44,8 +45,8 @@ def workload(smollm2_gpu_path):
         msgs = [{"role": "user", "content": f"{text}\n\nSummarise the text above."}]
         return tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
 
-    targets = [prompt(i * 900, rng.randint(250, 550)) for i in range(8)]
-    busy = [prompt(20000 + i * 400, rng.randint(50, 600)) for i in range(24)]
+    targets = [prompt(i * 900, rng.randint(250, 550)) for i in range(24)]
+    busy = [prompt(30000 + i * 400, rng.randint(50, 600)) for i in range(24)]
     return targets, busy
 
 
@@ -56,6 +57,13 @@ def _agreement(a: list[int], b: list[int]) -> float:
             break
         n += 1
     return n / max(len(a), len(b), 1)
+
+
+def _flush(engine) -> None:
+    """Empty the radix cache, or fail: SGLang skips a flush (with a warning) while the overlap
+    scheduler still has a batch in flight; wait up to 30 s for it to go idle instead."""
+    flushed = engine.loop.run_until_complete(engine.tokenizer_manager.flush_cache(timeout_s=30))
+    assert flushed.success, f"flush_cache failed: {flushed}"
 
 
 def _scenarios(smollm2_gpu_path, targets, busy, backend: str, **engine_kwargs) -> dict[str, list[list[int]]]:
@@ -72,20 +80,20 @@ def _scenarios(smollm2_gpu_path, targets, busy, backend: str, **engine_kwargs) -
         def alone(prompts):
             res = []
             for p in prompts:
-                engine.flush_cache()  # no prefix hit: a cold prefill each time
+                _flush(engine)  # no prefix hit: a cold prefill each time
                 res.append(engine.generate(input_ids=p, sampling_params=params)["output_ids"])
             return res
 
         out["alone"] = alone(targets)
         out["repeat"] = alone(targets)
-        engine.flush_cache()
+        _flush(engine)
         batch = engine.generate(input_ids=busy[:12] + targets + busy[12:], sampling_params=params)
         out["busy batch"] = [o["output_ids"] for o in batch[12 : 12 + len(targets)]]
         hits = []
         for p in targets:
-            engine.flush_cache()
+            _flush(engine)
             # a request sharing the first two thirds of the prompt fills the radix cache
-            engine.generate(input_ids=p[: 2 * len(p) // 3], sampling_params={"max_new_tokens": 1})
+            engine.generate(input_ids=p[: 2 * len(p) // 3], sampling_params={"temperature": 0, "max_new_tokens": 1})
             o = engine.generate(input_ids=p, sampling_params=params)
             assert o["meta_info"].get("cached_tokens", 0) > 0, "no prefix-cache hit happened"
             hits.append(o["output_ids"])
@@ -98,16 +106,18 @@ def _scenarios(smollm2_gpu_path, targets, busy, backend: str, **engine_kwargs) -
 def test_greedy_determinism_against_stock_sglang(smollm2_gpu_path, workload):
     targets, busy = workload
     table: dict[str, dict[str, float]] = {}
+    exact_repeat: dict[str, int] = {}  # targets whose repeat alone gave the very same tokens
     for backend in ("swaa", "flashinfer"):
         runs = _scenarios(smollm2_gpu_path, targets, busy, backend)
         no_graph = _scenarios(smollm2_gpu_path, targets, busy, backend, disable_cuda_graph=True)
         runs["CUDA graphs off"] = no_graph["alone"]
-        assert runs["repeat"] == runs["alone"], f"{backend}: the same request alone gave different tokens"
+        exact_repeat[backend] = sum(a == b for a, b in zip(runs["alone"], runs["repeat"]))
         table[backend] = {
             name: sum(_agreement(a, b) for a, b in zip(runs["alone"], outs)) / len(targets)
             for name, outs in runs.items() if name != "alone"
         }
-    print("\nmean greedy agreement with the request run alone (common prefix / length):")
+    print(f"\nexact repeats alone: {exact_repeat} of {len(targets)}")
+    print("mean greedy agreement with the request run alone (common prefix / length):")
     print(f"{'scenario':18} {'swaa':>6} {'stock flashinfer':>17}")
     for name in table["swaa"]:
         print(f"{name:18} {table['swaa'][name]:6.3f} {table['flashinfer'][name]:17.3f}")
@@ -115,6 +125,9 @@ def test_greedy_determinism_against_stock_sglang(smollm2_gpu_path, workload):
     if results:
         Path(results, "determinism.json").write_text(json.dumps(
             {"gpu": torch.cuda.get_device_name(), "config": CONFIG.to_dict(), "max_new_tokens": MAX_NEW,
-             "targets": len(targets), "agreement": table}, indent=1))
+             "targets": len(targets), "exact_repeat": exact_repeat, "agreement": table}, indent=1))
+    # asserted only now, so that a failing run still leaves its measurements
+    for backend, same in exact_repeat.items():
+        assert same == len(targets), f"{backend}: {len(targets) - same} requests gave other tokens when repeated alone"
     for name, value in table["swaa"].items():
         assert value >= table["flashinfer"][name] - SLACK, (name, table)

@@ -446,6 +446,8 @@ config = json.load(open(flag("--swaa-config"))) if flag("--swaa-config") else No
 with open(os.environ["FAKE_LAUNCHES"], "a") as f:
     f.write(json.dumps({"argv": argv, "config": config, "pid": os.getpid()}) + "\n")
 sees_needle = config is None or config["keep_first"] > 0
+if config and config["keep_first"] > 0 and os.environ.get("FAKE_FAIL_SINKS"):
+    sys.exit("fake: refusing to start with sinks")
 
 class Handler(BaseHTTPRequestHandler):
     def log_message(self, *a):
@@ -516,3 +518,21 @@ def test_launch_runner_starts_one_server_per_config(smollm2_path, tmp_path, monk
     for (w, name, pos), (correct, n) in cells.items():
         assert correct == (n if name in ("full", "sw+sink") else 0), (w, name, pos)
     assert [s["name"] for s in result["settings"]["512"]] == ["full", "sw", "sw+sink"]
+
+
+def test_launch_runner_goes_on_after_a_server_that_fails(smollm2_path, tmp_path, monkeypatch):
+    """A setting whose server does not start is recorded with its error; the other settings still
+    run, the JSON is written, and the exit status says something failed."""
+    fake = tmp_path / "fake_server.py"
+    fake.write_text(FAKE_SERVER)
+    monkeypatch.setenv("FAKE_LAUNCHES", str(tmp_path / "launches.jsonl"))
+    monkeypatch.setenv("FAKE_FAIL_SINKS", "1")
+    out = tmp_path / "q_fail.json"
+    argv = ["--runner", "launch", "--launch-command", f"{sys.executable} {fake}", "--model-path", smollm2_path,
+            "--port", str(_free_port()), "--prompt-format", "text", "--settings", "full,sw+sink,sw",
+            "--windows", "256", "--context-lengths", "1024", "--samples", "1", "--no-progress", "--out", str(out)]
+    assert q.main(argv) == 1
+    result = json.loads(out.read_text())
+    servers = {s["settings"][0]: s for s in result["runner"]["servers"]}
+    assert "exited" in servers["sw+sink"]["error"] and "error" not in servers["full"] and "error" not in servers["sw"]
+    assert {r["setting"] for r in result["records"]} == {"full", "sw"} and len(result["records"]) == 4

@@ -249,3 +249,16 @@ def test_faults_time_recovery_and_settling(fake, tmp_path):
     # the zombie still runs during the fault after it, so that one is not idle afterwards either
     assert rep["summary"]["unsettled"] == ["disconnect_mid_stream (round 0)", "abort_during_chunked_prefill (round 0)"]
     assert rc == 1
+
+
+def test_launch_refuses_a_port_that_already_answers(fake, tmp_path):
+    """A server left running on the port would answer /health for the new one and be measured in
+    its place: --launch stops at once, before starting anything."""
+    server = fake()
+    port = server.url.rsplit(":", 1)[1]
+    r = subprocess.run([sys.executable, str(SOAK), "--launch", "--swaa-preset balanced", "--port", port,
+                        "--server-log", str(tmp_path / "s.log"), "--out", str(tmp_path / "r.json")],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"})
+    assert r.returncode != 0 and f"port {port} already answers" in r.stderr
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "s.log").exists()  # nothing was started
