@@ -68,12 +68,17 @@ async def _one(engine, ids: list[int], out_len: int, t0: float, row: dict) -> No
 LOAD_KEYS = ("num_running_reqs", "num_waiting_reqs", "num_used_tokens", "token_usage", "total_prefill_uncached_tokens")
 
 
+async def _snapshot(engine, t0: float, samples: list[dict]) -> None:
+    """Append the scheduler's load snapshot (SGLang's ``/v1/loads`` source)."""
+    for snap in await engine.tokenizer_manager.get_loads(include=["core"]):
+        d = snap.to_dict({"core"})
+        samples.append({"t": round(time.perf_counter() - t0, 2), **{k: d.get(k) for k in LOAD_KEYS}})
+
+
 async def _sample_loads(engine, t0: float, every: float, samples: list[dict]) -> None:
-    """Append the scheduler's load snapshot (SGLang's ``/v1/loads`` source) every ``every`` s until cancelled."""
+    """A snapshot every ``every`` s until cancelled."""
     while True:
-        for snap in await engine.tokenizer_manager.get_loads(include=["core"]):
-            d = snap.to_dict({"core"})
-            samples.append({"t": round(time.perf_counter() - t0, 2), **{k: d.get(k) for k in LOAD_KEYS}})
+        await _snapshot(engine, t0, samples)
         await asyncio.sleep(every)
 
 
@@ -98,6 +103,11 @@ async def _drive(engine, prompts, out_len: int, time_limit: float | None, progre
     elapsed = time.perf_counter() - t0
     for t in pending | ({sampler} if sampler else set()):
         t.cancel()
+    if sampler:
+        # one more at the end: the last periodic one can precede the last prefill chunks (a request
+        # being chunk-prefilled is neither running nor waiting), which 2026-12-01's 104-request
+        # phase missed (73,728 of 13.6M prompt tokens, 0.99 prefilled per token sent)
+        await _snapshot(engine, t0, samples)
     await asyncio.gather(*pending, return_exceptions=True)  # let the cancelled streams close
     if sampler:
         await asyncio.gather(sampler, return_exceptions=True)

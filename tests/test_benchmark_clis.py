@@ -103,6 +103,42 @@ def test_concurrency_drive_counts_unfinished_tokens_at_the_time_limit():
     assert s["finished_tok_s"] > s["output_tok_s"]  # not diluted by the wait on the unfinished request
 
 
+def test_concurrency_drive_samples_the_scheduler_once_more_at_the_end():
+    """Prefill that happens after the last periodic sample still counts: _drive takes a final
+    snapshot when the requests are done (a request in chunked prefill is neither running nor
+    waiting, so the last periodic sample can miss its last chunks)."""
+    import asyncio
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        from bench_concurrency import _drive, summarize_loads
+    finally:
+        sys.path.remove(str(BENCH))
+
+    class Loads:
+        prefilled = 0
+
+        async def get_loads(self, include):
+            d = {"num_running_reqs": 0, "total_prefill_uncached_tokens": self.prefilled}
+            return [type("Snap", (), {"to_dict": lambda _self, sections: d})()]
+
+    class FakeEngine:
+        tokenizer_manager = Loads()
+
+        async def async_generate(self, input_ids, sampling_params, stream):
+            async def gen():
+                await asyncio.sleep(0.05)  # prefilled well after the first (and only periodic) sample
+                self.tokenizer_manager.prefilled += len(input_ids)
+                yield {"meta_info": {"completion_tokens": 1}}
+            return gen()
+
+    samples: list[dict] = []
+    asyncio.run(_drive(FakeEngine(), [[1] * 30, [2] * 50], 1, None, progress=lambda _: None, sample_every=60,
+                       samples=samples))
+    assert [s["total_prefill_uncached_tokens"] for s in samples] == [0, 80]
+    assert summarize_loads(samples, prompt_tokens=80)["prefill_per_prompt_token"] == 1.0
+
+
 def test_concurrency_load_summary_shows_redone_prefill():
     """Prefill counted twice over (retracted requests prefilled again) shows as 2.0 per prompt token."""
     sys.path.insert(0, str(BENCH))
