@@ -102,10 +102,15 @@ class Client:
         last = None
         while time.time() < end:
             last = self.loads()
-            if last is None or (last["num_running_reqs"] == 0 and last["num_waiting_reqs"] == 0):
+            if last is None or is_idle(last):
                 return last
             time.sleep(0.5)
         return last
+
+
+def is_idle(load: dict) -> bool:
+    """A ``Client.loads`` reading with no request running or waiting."""
+    return load["num_running_reqs"] == 0 and load["num_waiting_reqs"] == 0
 
 
 def output_tokens(body: Any) -> int:
@@ -281,12 +286,12 @@ def run_faults(client: Client, args) -> dict:
             rows.append(run_fault(client, name, fault, ids(32), args, round_))
     after = client.wait_idle()
     slow = [f"{r['fault']} (round {r['round']}): {r['recover_s']} s" for r in rows
-            if r["recover_s"] is not None and r["recover_s"] > args.slow_recovery]
+            if r["recover_s"] > args.slow_recovery]
     unsettled = [f"{r['fault']} (round {r['round']})" for r in rows if r["settled"] is False]
     return {"warmup": warmup, "faults": rows, "pool_before": before, "pool_after": after,
             "summary": {"faults": len(rows), "rounds": args.rounds,
                         "healthy_after_all": all(r["healthy_after"] for r in rows),
-                        "max_recover_s": max((r["recover_s"] or 0.0) for r in rows),
+                        "max_recover_s": max(r["recover_s"] for r in rows),
                         "max_settle_s": max(r["settle_s"] for r in rows),
                         "slow_recoveries": slow, "unsettled": unsettled}}
 
@@ -341,7 +346,7 @@ def run_fault(client: Client, name: str, fault: Callable[[], dict], probe_ids: l
     idle = client.wait_idle(timeout=args.settle_timeout)
     row["settle_s"] = round(time.time() - settle_start, 3)
     # None: /v1/loads unavailable, so not known
-    row["settled"] = None if idle is None else idle["num_running_reqs"] == 0 and idle["num_waiting_reqs"] == 0
+    row["settled"] = None if idle is None else is_idle(idle)
     print(f"{name} (round {round_}): status {row.get('status')} ({row.get('detail', '')[:100]}); healthy after: "
           f"{row['healthy_after']} in {row['recover_s']} s; idle after {row['settle_s']} s", file=sys.stderr, flush=True)
     return row
@@ -408,7 +413,7 @@ def gpu_name(pool: Optional[dict]) -> Optional[str]:
 def leak_check(before: Optional[dict], after: Optional[dict]) -> dict:
     if not before or not after:
         return {"checked": False, "reason": "/v1/loads unavailable"}
-    idle = after["num_running_reqs"] == 0 and after["num_waiting_reqs"] == 0
+    idle = is_idle(after)
     return {"checked": idle, "used_before": before["num_used_tokens"], "used_after": after["num_used_tokens"],
             "leaked_tokens": after["num_used_tokens"] - before["num_used_tokens"] if idle else None,
             "ok": idle and after["num_used_tokens"] == before["num_used_tokens"]}

@@ -14,7 +14,7 @@ import random
 import re
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import quality_niah as q
 import render_quality as rq
+from fake_http import JSONHandler
 
 from swaa_sglang import SWAAConfig, visibility_mask
 
@@ -169,21 +170,10 @@ class FakeOpenAI:
         self.requests: list[tuple[str, dict]] = []
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, obj):
-                data = json.dumps(obj).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JSONHandler):
             def do_GET(self):
                 outer.requests.append((self.path, {}))
-                self._send({"object": "list", "data": [{"id": "fake-smollm2", "object": "model"}]})
+                self._json({"object": "list", "data": [{"id": "fake-smollm2", "object": "model"}]})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -201,7 +191,7 @@ class FakeOpenAI:
                     choice = {"index": 0, "text": answer, "finish_reason": "stop"}
                 else:
                     choice = {"index": 0, "message": {"role": "assistant", "content": answer}}
-                self._send({"choices": [choice], "usage": {"completion_tokens": 9}})
+                self._json({"choices": [choice], "usage": {"completion_tokens": 9}})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -438,7 +428,8 @@ FAKE_SERVER = r'''
 """A stand-in for `python -m swaa_sglang.launch_server`: records its flags, answers the needle
 when its config can see it (full attention, or any sinks: a rule the test can predict)."""
 import json, os, re, sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
+from fake_http import JSONHandler  # tests/ is on the launched process's PYTHONPATH
 
 argv = sys.argv[1:]
 flag = lambda name: argv[argv.index(name) + 1] if name in argv else None
@@ -449,25 +440,15 @@ sees_needle = config is None or config["keep_first"] > 0
 if config and config["keep_first"] > 0 and os.environ.get("FAKE_FAIL_SINKS"):
     sys.exit("fake: refusing to start with sinks")
 
-class Handler(BaseHTTPRequestHandler):
-    def log_message(self, *a):
-        pass
-
-    def _send(self, obj):
-        data = json.dumps(obj).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
+class Handler(JSONHandler):
     def do_GET(self):
-        self._send({"data": [{"id": "fake:" + flag("--model-path")}]} if self.path == "/v1/models" else {})
+        self._json({"data": [{"id": "fake:" + flag("--model-path")}]} if self.path == "/v1/models" else {})
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         value = re.search(r"magic number for [A-Za-z ]+ is (\d{7})\.", body["prompt"]).group(1)
         answer = f" {value}." if sees_needle else " 1234567."
-        self._send({"choices": [{"text": answer}], "usage": {"completion_tokens": 4}})
+        self._json({"choices": [{"text": answer}], "usage": {"completion_tokens": 4}})
 
 ThreadingHTTPServer(("127.0.0.1", int(flag("--port"))), Handler).serve_forever()
 '''
@@ -481,18 +462,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_launch_runner_starts_one_server_per_config(smollm2_path, tmp_path, monkeypatch):
-    """Full attention is one config at every window, so one stock-SGLang server answers it for both;
-    every other (window, setting) gets a swaa server with its config as a file; each server is
-    stopped before the next starts, and the answers land under the right setting."""
+def _fake_launch_command(tmp_path: Path, monkeypatch) -> tuple[str, Path]:
+    """The fake server as a --launch-command, and the file where each launch records itself."""
     import os
 
     fake = tmp_path / "fake_server.py"
     fake.write_text(FAKE_SERVER)
     launches = tmp_path / "launches.jsonl"
     monkeypatch.setenv("FAKE_LAUNCHES", str(launches))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    return f"{sys.executable} {fake}", launches
+
+
+def test_launch_runner_starts_one_server_per_config(smollm2_path, tmp_path, monkeypatch):
+    """Full attention is one config at every window, so one stock-SGLang server answers it for both;
+    every other (window, setting) gets a swaa server with its config as a file; each server is
+    stopped before the next starts, and the answers land under the right setting."""
+    import os
+
+    command, launches = _fake_launch_command(tmp_path, monkeypatch)
     out = tmp_path / "q_launch.json"
-    argv = ["--runner", "launch", "--launch-command", f"{sys.executable} {fake}", "--model-path", smollm2_path,
+    argv = ["--runner", "launch", "--launch-command", command, "--model-path", smollm2_path,
             "--launch-args", "--mem-fraction-static 0.5", "--port", str(_free_port()), "--prompt-format", "text",
             "--settings", "full,sw,sw+sink", "--windows", "256,512", "--context-lengths", "1024", "--samples", "2",
             "--no-progress", "--out", str(out)]  # fmt: skip
@@ -523,12 +513,10 @@ def test_launch_runner_starts_one_server_per_config(smollm2_path, tmp_path, monk
 def test_launch_runner_goes_on_after_a_server_that_fails(smollm2_path, tmp_path, monkeypatch):
     """A setting whose server does not start is recorded with its error; the other settings still
     run, the JSON is written, and the exit status says something failed."""
-    fake = tmp_path / "fake_server.py"
-    fake.write_text(FAKE_SERVER)
-    monkeypatch.setenv("FAKE_LAUNCHES", str(tmp_path / "launches.jsonl"))
+    command, _ = _fake_launch_command(tmp_path, monkeypatch)
     monkeypatch.setenv("FAKE_FAIL_SINKS", "1")
     out = tmp_path / "q_fail.json"
-    argv = ["--runner", "launch", "--launch-command", f"{sys.executable} {fake}", "--model-path", smollm2_path,
+    argv = ["--runner", "launch", "--launch-command", command, "--model-path", smollm2_path,
             "--port", str(_free_port()), "--prompt-format", "text", "--settings", "full,sw+sink,sw",
             "--windows", "256", "--context-lengths", "1024", "--samples", "1", "--no-progress", "--out", str(out)]
     assert q.main(argv) == 1
