@@ -13,6 +13,10 @@
 #
 # Job strings as in gpu_pair.sh (gpu_job.sh): env assignments, then steps; jobs run on GPU 0
 # unless they set CUDA_VISIBLE_DEVICES. The project must be installed (gpu_host.sh install).
+# SWAA_QUEUE_DIR (default /tmp/queue) names the queue; two queues in two directories run side by
+# side, e.g. two lanes of correctness jobs on one card (each SGLang process sizes its KV pool from
+# the memory free when it starts, so keep --mem-fraction-static moderate; never time in a lane).
+# Tarballs are named after the directory: queue_HHMMSS.tgz, queueB_HHMMSS.tgz.
 # The queue runs from a snapshot of the tree taken at `start` (later calls re-send the tree).
 set -uo pipefail
 q=${SWAA_QUEUE_DIR:-/tmp/queue}
@@ -59,7 +63,7 @@ case ${1:-} in
     for d in "$q"/job*/; do [ -e "$d/console.txt" ] && last=$d; done
     [ -n "${last:-}" ] && { echo "--- ${last}console.txt"; console_tail "${last}console.txt" -c 3000; echo; }
     out=${OUT:-/tmp/out}; mkdir -p "$out"
-    tar czf "$out/queue_$(date +%H%M%S).tgz" -C "$q" --exclude=./tree . 2>/dev/null
+    tar czf "$out/$(basename "$q")_$(date +%H%M%S).tgz" -C "$q" --exclude=./tree . 2>/dev/null
     if [ -e "$q/done" ]; then [ "$(cat "$q/done")" = 0 ] && exit 0 || exit 1; fi
     if ! runner_alive; then
       echo "gpu_queue: no queue is running in $q (not started on this host, or its runner died)" >&2; exit 1
@@ -71,5 +75,5 @@ case ${1:-} in
     sid=$(cat "$q/current"); kill -TERM $(session_pids "$sid") 2>/dev/null; sleep 10
     kill -KILL $(session_pids "$sid") 2>/dev/null
     echo "$(date +%T) skipped the running job (session $sid)" >> "$q/queue.log"; cat "$q/queue.log" ;;
-  *) sed -n '2,17p' "$0"; exit 2 ;;
+  *) sed -n '2,21p' "$0"; exit 2 ;;
 esac

@@ -114,6 +114,26 @@ def test_gpu_queue_runs_in_the_background_and_a_hung_job_can_be_skipped(tree, tm
     assert _args(q / "job02" / "args.txt") == ["cuda=0,1", "k=", "tag=", "skip_install=1", "step=models"]
 
 
+def test_two_gpu_queues_run_side_by_side_each_in_its_own_directory(tree, tmp_path):
+    """Two lanes on one card: SWAA_QUEUE_DIR names each queue; neither refuses the other, each runs
+    its own jobs, and each wait brings back a tarball named after its directory with only its jobs."""
+    env_b = {**_env(tmp_path), "SWAA_QUEUE_DIR": str(tmp_path / "queueB")}
+    assert _queue(tree, tmp_path, "start", "LOG_TAG=_a ops").returncode == 0
+    r = subprocess.run(["bash", "benchmarks/gpu_queue.sh", "start", "LOG_TAG=_b models", "ops"], cwd=tree, env=env_b,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert _queue(tree, tmp_path, "wait", "60").returncode == 0
+    r = subprocess.run(["bash", "benchmarks/gpu_queue.sh", "wait", "60"], cwd=tree, env=env_b,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "end job 01: exit 0" in r.stdout, r.stdout
+    assert _args(tmp_path / "queue" / "job00" / "args.txt")[2:] == ["tag=_a", "skip_install=1", "step=ops"]
+    assert _args(tmp_path / "queueB" / "job00" / "args.txt")[2:] == ["tag=_b", "skip_install=1", "step=models"]
+    with tarfile.open(next((tmp_path / "out").glob("queueB_*.tgz"))) as t:
+        assert {"./job00/args.txt", "./job01/args.txt"} <= set(t.getnames())
+    with tarfile.open(next((tmp_path / "out").glob("queue_*.tgz"))) as t:
+        assert "./job00/args.txt" in t.getnames() and "./job01/args.txt" not in t.getnames()
+
+
 def test_gpu_host_saves_flashinfer_kernels_and_loads_them_as_aot_modules(tmp_path):
     """savejit packs every compiled FlashInfer module of this host into <= 15 MiB parts; loadjit (the next
     host, parts carried in .gpujit) unpacks them where FlashInfer loads modules without compiling.
