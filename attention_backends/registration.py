@@ -86,6 +86,13 @@ def check_server_args(server_args: Any) -> SWAAConfig:
             f"speculative_algorithm: '{server_args.speculative_algorithm}' is not supported with SWAA "
             "(draft and verify passes would attend without the window); allowed: none"
         )
+    if _get(server_args, "enable_deterministic_inference"):
+        # SGLang refuses it too (the backend is not in its deterministic list), but with a message
+        # that names neither the flag nor what SWAA would need: fixed KV split sizes in every pass
+        raise ValueError(
+            "enable_deterministic_inference: the swaa backend has no batch-invariant (fixed split) kernels yet, "
+            "so outputs may differ with batch composition (measured in README, Determinism); allowed: off"
+        )
     if _get(server_args, "enable_mis"):
         raise ValueError("enable_mis: multi-item scoring is not supported with SWAA; allowed: off")
     cache = _get(server_args, "radix_cache_backend")

@@ -2,11 +2,14 @@
 
     python benchmarks/render_quality.py benchmarks/results/quality.json            # writes quality.md, quality.png
     python benchmarks/render_quality.py q.json --md out.md --png out.png
+    python benchmarks/render_quality.py gpu.json --compare cpu_hf.json   # + per-sample agreement with another run
 
 Accuracy is shown with counts (k/n) per setting x needle position (inside / outside the
 sliding window), one table and one panel per (context length, window). The bars carry 95%
 Wilson intervals. The markdown repeats the provenance the JSON records: date, machine,
-command line, runner and each setting's SWAA config.
+command line, runner and each setting's SWAA config. ``--compare`` adds, per setting, how many
+samples the two runs scored alike and answered with the very same text (samples that match by
+id and prompt hash only: the same prompt token for token).
 """
 
 from __future__ import annotations
@@ -57,12 +60,61 @@ def _descriptions(result: dict[str, Any], window: int) -> dict[str, str]:
     return {s["name"]: s.get("description", "") for s in result.get("settings", {}).get(str(window), [])}
 
 
+def agreement(result: dict[str, Any], other: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Per setting: samples present in both runs with the same prompt (``compared``), scored alike
+    (``same_score``), answered with the same text (``same_answer``); ``other_prompt``: same id, other prompt."""
+    def key(r: dict[str, Any]) -> tuple:
+        return r["context_length"], r["window"], r["setting"], r["sample_id"]
+
+    theirs = {key(r): r for r in other["records"]}
+    out: dict[str, dict[str, int]] = {}
+    for r in result["records"]:
+        o = theirs.get(key(r))
+        if o is None:
+            continue
+        row = out.setdefault(r["setting"], {"compared": 0, "same_score": 0, "same_answer": 0, "other_prompt": 0})
+        if o.get("prompt_sha256") != r.get("prompt_sha256"):
+            row["other_prompt"] += 1
+            continue
+        row["compared"] += 1
+        row["same_score"] += bool(o["correct"]) == bool(r["correct"])
+        row["same_answer"] += o["answer"] == r["answer"]
+    return out
+
+
+def agreement_markdown(result: dict[str, Any], other: dict[str, Any], other_name: str) -> list[str]:
+    rows = agreement(result, other)
+    runner, machine = other.get("runner", {}), other.get("machine", {})
+    lines = [
+        f"## Agreement with {other_name}",
+        "",
+        (
+            f"The other run: {runner.get('runner', '?')} runner ({runner.get('dtype', '')} {runner.get('device', '')}), "
+            f"{machine.get('cuda') or machine.get('cpu', '?')}, {other.get('date', '?')}. Samples compared only where "
+            "both runs built the same prompt (same id and prompt hash)."
+        ),
+        "",
+        "| setting | samples compared | same score | same answer text | same id, other prompt |",
+        "|---|---|---|---|---|",
+    ]
+    total = {"compared": 0, "same_score": 0, "same_answer": 0, "other_prompt": 0}
+    for name, row in rows.items():
+        lines.append(f"| {name} | {row['compared']} | {row['same_score']} | {row['same_answer']} | {row['other_prompt']} |")
+        for k in total:
+            total[k] += row[k]
+    lines += [
+        f"| all | {total['compared']} | {total['same_score']} | {total['same_answer']} | {total['other_prompt']} |",
+        "",
+    ]
+    return lines
+
+
 def fmt_cell(k: int, n: int) -> str:
     return f"{100 * k / n:.0f}% ({k}/{n})" if n else "-"
 
 
-def markdown(result: dict[str, Any]) -> str:
-    """The accuracy tables, with provenance."""
+def markdown(result: dict[str, Any], compare: dict[str, Any] | None = None, compare_name: str = "") -> str:
+    """The accuracy tables, with provenance (and the agreement with ``compare``, another run)."""
     machine = result.get("machine", {})
     runner = result.get("runner", {})
     task = result.get("task", {})
@@ -76,7 +128,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"torch {machine.get('torch', '?')}, transformers {machine.get('transformers', '?')}, "
             f"Python {machine.get('python', '?')}"
         ),
-        f"- runner: {', '.join(f'{k}={v}' for k, v in runner.items() if k != 'prefill_sharing')}",
+        f"- runner: {', '.join(f'{k}={v}' for k, v in runner.items() if k not in ('prefill_sharing', 'servers'))}",
         f"- command: `{result.get('command', '?')}`",
         f"- elapsed: {result.get('elapsed_seconds', '?')} s",
         (
@@ -86,8 +138,13 @@ def markdown(result: dict[str, Any]) -> str:
             f"scoring: {task.get('scoring', '?')}"
         ),
         f"- inside: {task.get('inside', '?')}; outside: {task.get('outside', '?')}",
-        "",
     ]
+    for server in runner.get("servers", []):  # --runner launch: one server per distinct config
+        lines.append(
+            f"  - server for {', '.join(server['settings'])} (windows {server['windows']}): `{server['flags']}`; "
+            f"up in {server.get('start_seconds', '?')} s, log `{server.get('log', '?')}`"
+        )
+    lines.append("")
     verification = result.get("verification")
     if verification:
         worst = max(v["max_abs_logit_diff"] for v in verification["settings"].values())
@@ -119,6 +176,8 @@ def markdown(result: dict[str, Any]) -> str:
         for s in settings:
             lines.append(f"- W={window} `{s['name']}`: `{json.dumps(s['config'], sort_keys=True)}`")
     lines.append("")
+    if compare is not None:
+        lines += agreement_markdown(result, compare, compare_name)
     return "\n".join(lines)
 
 
@@ -194,13 +253,15 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def render_files(json_path: str | Path, md_path: str | Path | None = None, png_path: str | Path | None = None):
+def render_files(json_path: str | Path, md_path: str | Path | None = None, png_path: str | Path | None = None,
+                 compare_path: str | Path | None = None):
     """Write the markdown and PNG (default: next to the JSON, same stem); return their paths."""
     json_path = Path(json_path)
     result = json.loads(json_path.read_text(encoding="utf-8"))
     md_path = Path(md_path) if md_path else json_path.with_suffix(".md")
     png_path = Path(png_path) if png_path else json_path.with_suffix(".png")
-    text = markdown(result)
+    compare = json.loads(Path(compare_path).read_text(encoding="utf-8")) if compare_path else None
+    text = markdown(result, compare, f"`{Path(compare_path).name}`" if compare_path else "")
     text = text.replace("\n## Settings", f"\n![accuracy chart]({png_path.name})\n\n## Settings", 1)
     md_path.write_text(text, encoding="utf-8")
     plot(result, png_path)
@@ -212,8 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("json", help="a quality_niah.py results JSON")
     p.add_argument("--md", help="markdown output (default: next to the JSON)")
     p.add_argument("--png", help="PNG output (default: next to the JSON)")
+    p.add_argument("--compare", metavar="JSON", help="another quality_niah.py run: add per-sample agreement with it")
     args = p.parse_args(argv)
-    for path in render_files(args.json, args.md, args.png):
+    for path in render_files(args.json, args.md, args.png, args.compare):
         print(f"wrote {path}")
     return 0
 

@@ -41,3 +41,23 @@ def essays_dir() -> Path:
 def essay_texts() -> list[str]:
     """All essays, sorted by file name (deterministic order)."""
     return [p.read_text(encoding="utf-8", errors="replace") for p in sorted(essays_dir().glob("*.txt"))]
+
+
+def summarise_prompts(tokenizer, n_targets: int = 24, n_busy: int = 24, seed: int = 0) -> tuple[list, list]:
+    """Chat prompts ("<essay excerpt> Summarise the text above.") as token ids: ``n_targets`` of
+    250-550 words and ``n_busy`` unrelated ones of 50-600 words, from fixed offsets, so that the
+    GPU determinism test and the CPU margin measurement (benchmarks/greedy_margins.py) see the
+    same prompts."""
+    import random
+
+    words = " ".join(essay_texts()).split()
+    rng = random.Random(seed)
+
+    def prompt(start: int, n_words: int) -> list[int]:
+        text = " ".join(words[start : start + n_words])
+        msgs = [{"role": "user", "content": f"{text}\n\nSummarise the text above."}]
+        return tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
+
+    targets = [prompt(i * 900, rng.randint(250, 550)) for i in range(n_targets)]
+    busy = [prompt(30000 + i * 400, rng.randint(50, 600)) for i in range(n_busy)]
+    return targets, busy

@@ -19,15 +19,29 @@ from .server_args import BACKEND_NAME, add_swaa_args, config_from_args, config_f
 logger = logging.getLogger("swaa_sglang")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def load_plugin() -> None:
+    """Register the backend and apply SGLang's hooks in this process, before any parser is built
+    (SGLang checks ``--attention-backend`` against its registered choices while parsing)."""
+    from sglang.srt.plugins import load_plugins
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    from .plugin import register
+
+    load_plugins()  # our entry point among them; register() is idempotent for source checkouts
+    register()
+    HookRegistry.apply_hooks()
+
+
+def build_parser(
+    prog: str = "python -m swaa_sglang.launch_server",
+    description: str = __doc__.split("\n\n")[0].strip("`").replace("``", ""),
+    epilog: str = "Example: python -m swaa_sglang.launch_server --model-path Qwen/Qwen3-4B-Instruct-2507 "
+    "--swaa-preset balanced --port 30000",
+) -> argparse.ArgumentParser:
+    """The SWAA flags plus every SGLang server argument, with our defaults (call :func:`load_plugin` first)."""
     from sglang.srt.server_args import ServerArgs
 
-    parser = argparse.ArgumentParser(
-        prog="python -m swaa_sglang.launch_server",
-        description=__doc__.split("\n\n")[0].strip("`").replace("``", ""),
-        epilog="Example: python -m swaa_sglang.launch_server --model-path Qwen/Qwen3-4B-Instruct-2507 "
-        "--swaa-preset balanced --port 30000",
-    )
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog)
     add_swaa_args(parser)
     ServerArgs.add_cli_args(parser)
     # our defaults, visible in --help
@@ -40,20 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def prepare_server_args(argv: Sequence[str]):
-    """argv -> sglang ServerArgs with the SWAA config folded into json_model_override_args."""
-    from sglang.srt.plugins import load_plugins
+def parse_server_args(parser: argparse.ArgumentParser, argv: Sequence[str]):
+    """argv -> (sglang ServerArgs with the SWAA config folded into json_model_override_args, the
+    parsed namespace without the SWAA flags: a wrapped tool reads its own arguments from it)."""
     from sglang.srt.server_args import ServerArgs
 
-    from .plugin import register
-
-    load_plugins()  # our entry point among them; register() is idempotent for source checkouts
-    register()
-    from sglang.srt.plugins.hook_registry import HookRegistry
-
-    HookRegistry.apply_hooks()
-
-    parser = build_parser()
     argv = list(argv)
     if "--config" in argv:
         from sglang.srt.server_args_config_parser import ConfigArgumentMerger
@@ -73,7 +78,13 @@ def prepare_server_args(argv: Sequence[str]):
     for name in ("swaa_preset", "swaa_config", "swaa_window", "swaa_keep_first", "swaa_fa_decode", "swaa_full_layers",
                  "swaa_evict_window"):
         delattr(args, name)
-    return ServerArgs.from_cli_args(args)
+    return ServerArgs.from_cli_args(args), args
+
+
+def prepare_server_args(argv: Sequence[str]):
+    """argv -> sglang ServerArgs with the SWAA config folded into json_model_override_args."""
+    load_plugin()
+    return parse_server_args(build_parser(), argv)[0]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -157,6 +157,8 @@ SERVER_CASES = [
     ("swaa-prefill-only", {"attention_backend": None, "prefill_attention_backend": "swaa"},
      "decode_attention_backend", "unset", "allowed: 'swaa' for both phases"),
     ("multi-item-scoring", {"enable_mis": True}, "enable_mis", "multi-item scoring", "allowed: off"),
+    ("deterministic", {"enable_deterministic_inference": True}, "enable_deterministic_inference",
+     "no batch-invariant", "allowed: off"),
     ("mla-model", {"model_path": "MLA"}, "model", "DeepseekV3ForCausalLM", "allowed: models with standard"),
 ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.mark.parametrize("script, words", [
     ("bench_attention_ops.py", ["--window", "--sinks", "--backends", "--quick", "--out"]),
     ("bench_e2e.py", ["--settings", "--lengths", "--offline-requests", "--quick", "--out"]),
+    ("bench_one_batch.py", ["--settings", "--lengths", "--output-len", "--quick", "--out", "one_batch"]),
     ("bench_concurrency.py", ["--settings", "--requests", "--prompt-len", "--output-len", "--context-len",
                                "--time-limit", "+evict"]),
 ])
@@ -234,3 +236,95 @@ def test_concurrency_context_len_must_hold_the_request():
                         "--output-len", "8192", "--context-len", "20000"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
     assert "--context-len: must hold --prompt-len + --output-len = 24576; got 20000" in r.stderr
+
+
+class _FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _StreamingEngine:
+    """sglang.Engine.generate(stream=True) stand-in: a prefill of `prefill_s`, then one chunk per
+    `chunk_tokens` decoded tokens every `chunk_tokens * step_s`, on a fake clock."""
+
+    def __init__(self, clock: _FakeClock, prefill_s: float, step_s: float, first_tokens: int = 1, chunk_tokens: int = 1):
+        self.clock, self.prefill_s, self.step_s = clock, prefill_s, step_s
+        self.first_tokens, self.chunk_tokens = first_tokens, chunk_tokens
+        self.calls = []
+
+    def generate(self, input_ids, sampling_params, stream=False):
+        assert stream and isinstance(input_ids[0], int)
+        self.calls.append((len(input_ids), sampling_params))
+        max_new = sampling_params["max_new_tokens"]
+        self.clock.now += self.prefill_s
+        n = min(self.first_tokens, max_new)
+        yield {"meta_info": {"completion_tokens": n}}
+        while n < max_new:
+            step = min(self.chunk_tokens, max_new - n)
+            self.clock.now += step * self.step_s
+            n += step
+            yield {"meta_info": {"completion_tokens": n}}
+
+
+def test_e2e_decode_rate_comes_from_the_same_streamed_request():
+    """TTFT is the first chunk's time; decode tok/s counts only what streamed after it, so prefill
+    time (15 s here, and its jitter) never enters the decode rate, whatever the stream interval."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        from bench_e2e import stream_timing
+    finally:
+        sys.path.remove(str(BENCH))
+    clock = _FakeClock()
+    engine = _StreamingEngine(clock, prefill_s=15.0, step_s=0.005)
+    ttft, rate = stream_timing(engine, list(range(1000)), 129, clock=clock)
+    assert ttft == pytest.approx(15.0) and rate == pytest.approx(200.0)
+    assert engine.calls == [(1000, {"temperature": 0, "max_new_tokens": 129, "ignore_eos": True})]
+    # a stream interval of 8 and a first chunk of 2 tokens: the same rate
+    engine = _StreamingEngine(clock, prefill_s=3.0, step_s=0.004, first_tokens=2, chunk_tokens=8)
+    ttft, rate = stream_timing(engine, [1, 2, 3], 130, clock=clock)
+    assert ttft == pytest.approx(3.0) and rate == pytest.approx(250.0)
+    with pytest.raises(RuntimeError, match="no decode after the first chunk"):
+        stream_timing(_StreamingEngine(clock, 1.0, 0.01), [1], 1, clock=clock)
+
+
+FAKE_ONE_BATCH = r'''
+import json, sys
+a = sys.argv[1:]
+name = a[a.index("--run-name") + 1]
+lens = []
+i = a.index("--input-len") + 1
+while i < len(a) and not a[i].startswith("--"):
+    lens.append(int(a[i])); i += 1
+if name == "broken":
+    print("Traceback: the engine could not start"); sys.exit(3)
+assert ("--attention-backend" in a) == (name == "vanilla") and ("--swaa-preset" in a) != (name == "vanilla")
+fast = name != "vanilla"
+with open(a[a.index("--result-filename") + 1], "a") as f:
+    for n in lens:
+        f.write(json.dumps({"run_name": name, "batch_size": 1, "input_len": n, "output_len": 16,
+                            "prefill_latency": n / 1e4 / (4 if fast else 1),
+                            "median_decode_latency": 0.004 if fast else 0.005}) + "\n")
+'''
+
+
+def test_bench_one_batch_runs_each_setting_and_computes_speedups(tmp_path):
+    """One process per setting through the wrapped tool (a fake here); the speed-ups are vanilla's time
+    over the setting's at the same prompt length; a setting that fails is recorded, the rest still run."""
+    fake = tmp_path / "fake_one_batch.py"
+    fake.write_text(FAKE_ONE_BATCH)
+    out = tmp_path / "ob.json"
+    r = subprocess.run([sys.executable, str(BENCH / "bench_one_batch.py"), "--settings", "vanilla,broken,balanced",
+                        "--lengths", "8192,131072", "--bench-command", f"{sys.executable} {fake}", "--no-progress",
+                        "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr  # one setting failed
+    result = json.loads(out.read_text())
+    assert [(x["run_name"], x["input_len"]) for x in result["rows"]] == [
+        ("vanilla", 8192), ("vanilla", 131072), ("balanced", 8192), ("balanced", 131072)]
+    assert "broken: one_batch exited 3 with 0 result rows" in result["failed"]["broken"]
+    assert "the engine could not start" in result["failed"]["broken"]
+    assert (tmp_path / "ob.broken.log").read_text().startswith("$ ")
+    line = next(x for x in r.stdout.splitlines() if x.startswith("balanced") and "131072" in x)
+    assert line.split() == ["balanced", "131072", "3.277", "4.00x", "4.000", "250.0", "1.25x"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from pathlib import Path
 
 import pytest
@@ -34,20 +33,9 @@ def workload(smollm2_gpu_path):
     targets would move the mean a lot) and 24 unrelated busy-batch prompts."""
     from transformers import AutoTokenizer
 
-    from swaa_sglang.data import essay_texts
+    from swaa_sglang.data import summarise_prompts
 
-    tok = AutoTokenizer.from_pretrained(smollm2_gpu_path)
-    words = " ".join(essay_texts()).split()
-    rng = random.Random(0)
-
-    def prompt(start: int, n_words: int) -> list[int]:
-        text = " ".join(words[start : start + n_words])
-        msgs = [{"role": "user", "content": f"{text}\n\nSummarise the text above."}]
-        return tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
-
-    targets = [prompt(i * 900, rng.randint(250, 550)) for i in range(24)]
-    busy = [prompt(30000 + i * 400, rng.randint(50, 600)) for i in range(24)]
-    return targets, busy
+    return summarise_prompts(AutoTokenizer.from_pretrained(smollm2_gpu_path))
 
 
 def _agreement(a: list[int], b: list[int]) -> float:

@@ -221,3 +221,6 @@ def test_gpu_host_soak_and_fault_steps_build_the_server_command(tmp_path):
     assert a[0] == "benchmarks/quality_niah.py" and a[a.index("--runner") + 1] == "launch"
     assert a[a.index("--windows") + 1] == "256,1024" and a[a.index("--out") + 1].endswith("res/quality_server.json")
     assert a[a.index("--launch-args") + 1].startswith("--mem-fraction-static 0.5")
+    a = argv("onebatch", ONEBATCH_ARGS="--settings vanilla,balanced --lengths 131072")
+    assert a[0] == "benchmarks/bench_one_batch.py" and a[a.index("--settings") + 1] == "vanilla,balanced"
+    assert a[a.index("--out") + 1].endswith("res/one_batch.json")

@@ -411,6 +411,41 @@ def test_renderer_table_and_png(tmp_path):
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png_path.stat().st_size > 10_000
 
 
+def test_renderer_compares_two_runs_sample_by_sample(tmp_path):
+    """--compare: per setting, samples with the same id and prompt are compared on score and answer
+    text; a sample whose prompt differs is counted apart, never compared; launch servers are listed."""
+    def run(answers: dict[tuple[str, int], tuple[bool, str]], sha: str = "abc") -> dict:
+        result = _small_result()
+        result["records"] = [
+            {"context_length": 4096, "window": 512, "setting": s, "position": "inside", "index": i,
+             "sample_id": f"L4096-W512-inside-{i}", "prompt_sha256": sha if i else "first", "correct": ok,
+             "answer": text}
+            for (s, i), (ok, text) in answers.items()
+        ]
+        return result
+
+    gpu = run({("full", 0): (True, " 12."), ("full", 1): (True, " 34."), ("sw", 0): (False, " no"),
+               ("sw", 1): (True, " 56. More")})
+    cpu = run({("full", 0): (True, " 12. More"), ("full", 1): (True, " 34."), ("sw", 0): (False, " no"),
+               ("sw", 1): (False, " 5")})
+    assert rq.agreement(gpu, cpu) == {
+        "full": {"compared": 2, "same_score": 2, "same_answer": 1, "other_prompt": 0},
+        "sw": {"compared": 2, "same_score": 1, "same_answer": 1, "other_prompt": 0},
+    }
+    moved = run({("full", 0): (True, " 12."), ("full", 1): (True, " 34.")}, sha="other")
+    assert rq.agreement(gpu, moved)["full"] == {"compared": 1, "same_score": 1, "same_answer": 1, "other_prompt": 1}
+
+    gpu["runner"] = {"runner": "launch", "servers": [{"settings": ["full"], "windows": [512], "flags": "--attention-backend "
+                                                      "flashinfer", "start_seconds": 12.5, "log": "server_0_full.log"}]}
+    (tmp_path / "gpu.json").write_text(json.dumps(gpu))
+    (tmp_path / "cpu.json").write_text(json.dumps(cpu))
+    assert rq.main([str(tmp_path / "gpu.json"), "--compare", str(tmp_path / "cpu.json")]) == 0
+    md = (tmp_path / "gpu.md").read_text()
+    assert "## Agreement with `cpu.json`" in md
+    assert "| sw | 2 | 1 | 1 | 0 |" in md and "| all | 4 | 3 | 2 | 0 |" in md
+    assert "server for full (windows [512]): `--attention-backend flashinfer`; up in 12.5 s" in md
+    assert "servers=" not in md  # listed one per line, not dumped into the runner line
+
 def test_wilson_interval():
     lo, hi = rq.wilson(0, 10)
     assert lo == 0 and 0.2 < hi < 0.35

@@ -1,0 +1,123 @@
+"""SGLang's own one-batch benchmark per setting: prefill latency and decode step, SWAA against vanilla (GPU).
+
+Runs ``python -m swaa_sglang.bench one_batch`` (``sglang.benchmark.one_batch`` with the plugin
+loaded) once per setting, each in a fresh process, on a dummy-weight model config: one batch
+goes through SGLang's model runner with no scheduler, its prompt prefilled in one forward pass
+(not chunked), then ``--output-len`` decode steps with CUDA graphs; SGLang reports the prefill
+latency and the median decode step. Vanilla is the same tool with ``--attention-backend
+flashinfer``. Prints a table with speed-ups over vanilla and writes JSON (rewritten after each
+setting); each setting's console goes to ``<out stem>.<setting>.log``.
+
+    python benchmarks/bench_one_batch.py --settings vanilla,full,sink100-2k,balanced --out one_batch.json
+    python benchmarks/bench_one_batch.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCH_COMMAND = f"{sys.executable} -m swaa_sglang.bench one_batch"
+
+
+def tool_args(setting: str, a) -> list[str]:
+    """The one_batch arguments for one setting ('vanilla': stock flashinfer; else a SWAA preset)."""
+    backend = ["--attention-backend", "flashinfer"] if setting == "vanilla" else ["--swaa-preset", setting]
+    return [
+        "--model-path", a.model, "--load-format", "dummy", *backend, "--mem-fraction-static", str(a.mem),
+        "--batch-size", str(a.batch_size), "--input-len", *map(str, a.lengths), "--output-len", str(a.output_len),
+        "--run-name", setting, *shlex.split(a.extra),
+    ]
+
+
+def run_setting(setting: str, a, log_path: Path) -> list[dict]:
+    """One fresh process; SGLang's result rows (jsonl), or RuntimeError with the log's tail."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result_file = Path(tmp) / "result.jsonl"
+        cmd = [*shlex.split(a.bench_command), *tool_args(setting, a), "--result-filename", str(result_file)]
+        with open(log_path, "w") as log:
+            log.write("$ " + shlex.join(cmd) + "\n")
+            log.flush()
+            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=a.timeout).returncode
+        rows = [json.loads(line) for line in result_file.read_text().splitlines()] if result_file.exists() else []
+    if rc != 0 or not rows:
+        tail = "".join(log_path.read_text().splitlines(keepends=True)[-15:])
+        raise RuntimeError(f"{setting}: one_batch exited {rc} with {len(rows)} result rows; log {log_path}:\n{tail}")
+    return rows
+
+
+def table(result: dict) -> list[str]:
+    """Rows per setting and prompt length; speed-ups against the vanilla row of the same length."""
+    base = {r["input_len"]: r for r in result["rows"] if r["run_name"] == "vanilla"}
+    lines = [f"{'setting':16} {'prompt':>7} {'prefill s':>10} {'speed-up':>9} {'decode ms':>10} {'tok/s':>8} "
+             f"{'speed-up':>9}"]
+    for r in result["rows"]:
+        v = base.get(r["input_len"])
+        pre = f"{v['prefill_latency'] / r['prefill_latency']:8.2f}x" if v and r is not v else f"{'-':>9}"
+        dec = f"{v['median_decode_latency'] / r['median_decode_latency']:8.2f}x" if v and r is not v else f"{'-':>9}"
+        tok_s = r["batch_size"] / r["median_decode_latency"]
+        lines.append(f"{r['run_name']:16} {r['input_len']:>7} {r['prefill_latency']:10.3f} {pre} "
+                     f"{1000 * r['median_decode_latency']:10.3f} {tok_s:8.1f} {dec}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--settings", default="vanilla,full,sink100-2k,balanced",
+                   help="comma list: 'vanilla' (stock flashinfer backend) or SWAA preset names ('full': the swaa "
+                   "backend with SWAA off, which isolates the plugin's own cost)")
+    p.add_argument("--model", default=str(HERE / "models" / "qwen3-4b-2507"), help="dir with config.json")
+    p.add_argument("--lengths", default="8192,32768,65536,131072", help="prompt lengths (one batch each)")
+    p.add_argument("--output-len", type=int, default=256, help="decode steps per batch (SGLang reports the median)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--mem", type=float, default=0.85, help="mem_fraction_static")
+    p.add_argument("--extra", default="", help="more one_batch arguments, e.g. '--profile --profile-stage decode'")
+    p.add_argument("--quick", action="store_true", help="8K and 32K, 64 decode steps")
+    p.add_argument("--timeout", type=float, default=1200, help="seconds per setting")
+    p.add_argument("--bench-command", default=BENCH_COMMAND, help="the wrapped tool (default: %(default)s)")
+    p.add_argument("--out", default="one_batch.json", help="JSON file (rewritten after each setting)")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    a.lengths = [8192, 32768] if a.quick else [int(x) for x in a.lengths.split(",")]
+    if a.quick:
+        a.output_len = 64
+    try:
+        import torch
+
+        gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    except ImportError:
+        gpu = "unknown"
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        def tqdm(x, **_):
+            return x
+    out = Path(a.out)
+    result = {"meta": {"gpu": gpu, "date": date.today().isoformat(), "model": a.model, "argv": sys.argv,
+                       "tool": "sglang.benchmark.one_batch via python -m swaa_sglang.bench",
+                       "prefill": "one forward pass, not chunked", "decode": "median step, CUDA graphs"},
+              "rows": [], "failed": {}}
+    for setting in tqdm(a.settings.split(","), desc="settings", disable=a.no_progress):
+        log = out.with_name(f"{out.stem}.{setting}.log")
+        try:
+            result["rows"] += run_setting(setting, a, log)
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            result["failed"][setting] = str(e)
+            print(f"\n{e}", file=sys.stderr)
+        out.write_text(json.dumps(result, indent=1))
+    print(f"\n{gpu}, {result['meta']['date']}, {Path(a.model).name}, dummy weights, batch {a.batch_size}, "
+          f"{a.output_len} decode steps")
+    print("\n".join(table(result)))
+    print(f"wrote {out}")
+    return 1 if result["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
