@@ -398,3 +398,52 @@ def sink_floor_hook(keep_first: int, page_size: int = 1):
         req.swa_evict_floor = max(getattr(req, "swa_evict_floor", 0), floor)
 
     return hook
+
+
+class WindowFreeCounter:
+    """KV slots freed by window eviction in this process (the scheduler's), logged at most every
+    ``interval`` seconds: one slot is one token's KV in every windowed layer (SWA pool)."""
+
+    def __init__(self, interval: float = 60.0, clock=None):
+        import time
+
+        self.clock = clock or time.monotonic
+        self.interval = interval
+        self.total = 0
+        self.since_log = 0
+        self.last_log = self.clock()
+
+    def add(self, slots: int) -> None:
+        self.total += slots
+        self.since_log += slots
+        now = self.clock()
+        if self.since_log and now - self.last_log >= self.interval:
+            logger.info("swaa: window eviction freed %d KV slots in the SWA pool in the last %.0f s (%d since start)",
+                        self.since_log, now - self.last_log, self.total)
+            self.since_log, self.last_log = 0, now
+
+
+WINDOW_FREES = WindowFreeCounter()
+
+
+def count_window_frees(original, req, pre_len, *args, counter: WindowFreeCounter = WINDOW_FREES, **kwargs):
+    """AROUND hook body for SGLang's ``free_swa_out_of_window_slots``: count the SWA slots it frees.
+
+    The function frees through ``token_to_kv_pool_allocator.free_swa``; for the length of this
+    call that method is shadowed on the instance by one that counts, then removed again.
+    """
+    allocator = kwargs["token_to_kv_pool_allocator"]
+    real = allocator.free_swa
+    freed = 0
+
+    def free_swa(slots):
+        nonlocal freed
+        freed += len(slots)
+        return real(slots)
+
+    allocator.free_swa = free_swa
+    try:
+        return original(req, pre_len, *args, **kwargs)
+    finally:
+        del allocator.free_swa
+        counter.add(freed)

@@ -145,7 +145,24 @@ def _eviction_model_config(model_config, *args, **kwargs):
     return None
 
 
-_floor_cache: dict = {}
+_eviction_cache: dict = {}
+
+
+def _eviction_config():
+    """(SWAA config, page size) when this process serves SWAA with window eviction on, else None.
+
+    Cached per (override, page size): the scheduler's hooks ask on every request and step."""
+    from sglang.srt.runtime_context import get_server_args
+
+    server_args = get_server_args()
+    if server_args is None or getattr(server_args, "attention_backend", None) != BACKEND_NAME:
+        return None
+    key = (server_args.json_model_override_args, server_args.page_size)
+    if key not in _eviction_cache:
+        config = config_from_override_args(server_args.json_model_override_args)
+        _eviction_cache[key] = (config, server_args.page_size or 1) if config is not None and config.evict_window \
+            else None
+    return _eviction_cache[key]
 
 
 def _req_sink_floor(result, req, *args, **kwargs):
@@ -154,24 +171,24 @@ def _req_sink_floor(result, req, *args, **kwargs):
     SGLang's ``free_swa_out_of_window_slots`` then never frees a live request's sinks
     (``attention_backends.eviction.sink_floor_hook``; EVICTION.md (b)).
     """
-    from sglang.srt.runtime_context import get_server_args
-
-    server_args = get_server_args()
-    if server_args is None or getattr(server_args, "attention_backend", None) != BACKEND_NAME:
-        return None
-    key = (server_args.json_model_override_args, server_args.page_size)
-    hook = _floor_cache.get(key)
-    if hook is None:
+    on = _eviction_config()
+    if on is not None:
         from attention_backends.eviction import sink_floor_hook
 
-        config = config_from_override_args(server_args.json_model_override_args)
-        hook = _floor_cache[key] = (
-            sink_floor_hook(config.keep_first, server_args.page_size or 1)
-            if config is not None and config.evict_window else False
-        )
-    if hook:
-        hook(result, req, *args, **kwargs)
+        config, page_size = on
+        sink_floor_hook(config.keep_first, page_size)(result, req, *args, **kwargs)
     return None
+
+
+def _count_window_frees(original, req, pre_len, *args, **kwargs):
+    """AROUND hook on ``free_swa_out_of_window_slots`` as ``ScheduleBatch._evict_swa`` calls it
+    (scheduler): count the KV slots window eviction frees, logged every minute, when SWAA eviction
+    is on here (a native-SWA model served without SWAA is left alone)."""
+    if _eviction_config() is None:
+        return original(req, pre_len, *args, **kwargs)
+    from attention_backends.eviction import count_window_frees
+
+    return count_window_frees(original, req, pre_len, *args, **kwargs)
 
 
 def _radix_cache_factory(ctx):
@@ -196,6 +213,8 @@ def _radix_cache_factory(ctx):
     return cache
 
 
+# SGLang 0.5.17: ScheduleBatch._evict_swa calls this module-level name (imported from mem_cache.common)
+WINDOW_FREE_TARGET = "sglang.srt.managers.schedule_batch.free_swa_out_of_window_slots"
 MARK_ATTR = "swaa_mixed_decode_rows"  # set on ForwardBatch, read by the backend
 
 
@@ -259,6 +278,7 @@ def register() -> None:
         "sglang.srt.configs.model_config.ModelConfig._derive_hybrid_model", _eviction_model_config, HookType.BEFORE
     )
     HookRegistry.register("sglang.srt.managers.schedule_batch.Req.__init__", _req_sink_floor, HookType.AFTER)
+    HookRegistry.register(WINDOW_FREE_TARGET, _count_window_frees, HookType.AROUND)
     from attention_backends.admission import register_admission_hooks
 
     register_admission_hooks()  # no-ops unless the scheduler's tree cache is SWAASinkRadixCache

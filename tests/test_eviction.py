@@ -26,6 +26,7 @@ these checks, which shows that they can fail.
 
 from __future__ import annotations
 
+import logging
 import random
 
 import pytest
@@ -557,3 +558,47 @@ def test_factory_and_floor_hook():
     req = SimpleNamespace(swa_evict_floor=0)
     sink_floor_hook(3, 16)(None, req)
     assert req.swa_evict_floor == 16
+
+
+def test_window_frees_are_counted_exactly_and_logged(caplog):
+    """The AROUND hook body on SGLang's real free_swa_out_of_window_slots: it counts exactly the SWA
+    slots window eviction frees (what the allocator gets back; never the sinks), leaves the allocator
+    as it was, and logs the count at most once per interval."""
+    from attention_backends.eviction import WindowFreeCounter, count_window_frees
+
+    W, k, L = 6, 3, 40
+    sim = Sim(0, W, k, 8, full_size=100, swa_size=100)
+    req = SimReq("r", list(range(L)), 8, sim.K)
+    req.req_pool_idx = sim.rows.pop()
+    slots = sim.alloc.alloc(L)
+    sim.r2t.req_to_token[req.req_pool_idx, :L] = slots.to(torch.int32)
+    req.kv = ReqKvInfo(kv_allocated_len=L, swa_evicted_seqlen=0)
+    now = [0.0]
+    counter = WindowFreeCounter(interval=60, clock=lambda: now[0])
+    kw = dict(sliding_window_size=sglang_window(W), page_size=1, req_to_token_pool=sim.r2t,
+              token_to_kv_pool_allocator=sim.alloc, is_chunk_cache=False, counter=counter)
+
+    def evict(pre_len):
+        before = sim.alloc.swa_available_size()
+        with caplog.at_level(logging.INFO, logger="attention_backends.eviction"):
+            count_window_frees(free_swa_out_of_window_slots, req, pre_len, **kw)
+        return sim.alloc.swa_available_size() - before
+
+    # query L - 1 reads [L - W, L - 1] and the sinks [0, K): [K, L - W) is freed
+    assert evict(L - 1) == L - W - sim.K == counter.total
+    assert "free_swa" not in vars(sim.alloc)  # the counting shadow is gone
+
+    def logged():
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("swaa: window eviction freed")]
+
+    assert not logged()  # within the first interval: nothing logged yet
+    now[0] = 61.0
+    assert evict(L - 1) == 0 and counter.total == L - W - sim.K  # nothing new to free, nothing counted
+    assert logged() == [f"swaa: window eviction freed {L - W - sim.K} KV slots in the SWA pool in the last 61 s "
+                        f"({L - W - sim.K} since start)"]
+    for _ in range(5):  # five decode steps later, five more
+        sim.r2t.req_to_token[req.req_pool_idx, L] = sim.alloc.alloc(1).to(torch.int32)[0]
+        L += 1
+        req.kv.kv_allocated_len = L
+        assert evict(L - 1) == 1
+    assert counter.total == L - W - sim.K and req.kv.swa_evicted_seqlen == L - W

@@ -273,6 +273,10 @@ def test_plugin_registers_cache_backend_and_hooks_in_a_fresh_process():
         "for target in (*RESERVE_HOOKS, ONE_CHUNK_HOOK):\n"
         "    name = target.rsplit('.', 1)[1]\n"
         "    assert getattr(getattr(PrefillAdder, name), '__wrapped__', None) is not None, 'admission hook ' + name\n"
+        "import sglang.srt.managers.schedule_batch as sb\n"
+        "from swaa_sglang.plugin import WINDOW_FREE_TARGET\n"
+        "assert WINDOW_FREE_TARGET == sb.__name__ + '.free_swa_out_of_window_slots'\n"
+        "assert getattr(sb.free_swa_out_of_window_slots, '__wrapped__', None) is not None, 'window-free counter'\n"
         "print('registered')\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
@@ -333,6 +337,40 @@ def test_req_floor_hook_follows_the_server_config(monkeypatch):
     req = types.SimpleNamespace(swa_evict_floor=0)
     plugin._req_sink_floor(None, req)
     assert req.swa_evict_floor == 0
+
+
+def test_window_free_counter_counts_only_under_swaa_eviction(monkeypatch):
+    """The AROUND hook counts through the allocator only when this process serves SWAA with eviction
+    on; otherwise (eviction off, another backend, no server) it calls SGLang's function untouched."""
+    import sglang.srt.runtime_context as rc
+
+    from attention_backends import eviction
+    from swaa_sglang import plugin
+
+    calls = []
+
+    class Allocator:
+        def free_swa(self, slots):
+            calls.append(len(slots))
+
+    def original(req, pre_len, *, token_to_kv_pool_allocator, **kw):  # stands in for SGLang's function
+        token_to_kv_pool_allocator.free_swa([1, 2, 3])
+        return "done"
+
+    counter = eviction.WindowFreeCounter()
+    monkeypatch.setattr(eviction, "WINDOW_FREES", counter)
+    monkeypatch.setattr(eviction.count_window_frees, "__kwdefaults__", {"counter": counter})
+    sa = types.SimpleNamespace(attention_backend="swaa", page_size=1,
+                               json_model_override_args=with_config(None, SWAAConfig(8, 5, evict_window=True)))
+    monkeypatch.setattr(rc, "get_server_args", lambda: sa)
+    alloc = Allocator()
+    assert plugin._count_window_frees(original, None, 9, token_to_kv_pool_allocator=alloc) == "done"
+    assert counter.total == 3 and calls == [3] and "free_swa" not in vars(alloc)
+    for off in (types.SimpleNamespace(**{**vars(sa), "json_model_override_args": with_config(None, SWAAConfig(8, 5))}),
+                types.SimpleNamespace(**{**vars(sa), "attention_backend": "flashinfer"}), None):
+        monkeypatch.setattr(rc, "get_server_args", lambda off=off: off)
+        assert plugin._count_window_frees(original, None, 9, token_to_kv_pool_allocator=alloc) == "done"
+    assert counter.total == 3 and calls == [3, 3, 3, 3]
 
 
 # -- the backend's index lists, translated through SGLang's real SWA pool ---------------------------------
