@@ -25,11 +25,14 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCH_COMMAND = f"{sys.executable} -m swaa_sglang.bench one_batch"
+# stock SGLang, as shipped and with the prefill CUDA graph off as the plugin runs SWAA
+VANILLA = {"vanilla": ["--attention-backend", "flashinfer"],
+           "vanilla-no-prefill-graph": ["--attention-backend", "flashinfer", "--disable-prefill-cuda-graph"]}
 
 
 def tool_args(setting: str, a) -> list[str]:
     """The one_batch arguments for one setting ('vanilla': stock flashinfer; else a SWAA preset)."""
-    backend = ["--attention-backend", "flashinfer"] if setting == "vanilla" else ["--swaa-preset", setting]
+    backend = VANILLA[setting] if setting in VANILLA else ["--swaa-preset", setting]
     return [
         "--model-path", a.model, "--load-format", "dummy", *backend, "--mem-fraction-static", str(a.mem),
         "--batch-size", str(a.batch_size), "--input-len", *map(str, a.lengths), "--output-len", str(a.output_len),
@@ -70,9 +73,10 @@ def table(result: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--settings", default="vanilla,full,sink100-2k,balanced",
-                   help="comma list: 'vanilla' (stock flashinfer backend) or SWAA preset names ('full': the swaa "
-                   "backend with SWAA off, which isolates the plugin's own cost)")
+    p.add_argument("--settings", default="vanilla,vanilla-no-prefill-graph,full,sink100-2k,balanced",
+                   help="comma list: 'vanilla' (stock flashinfer backend), 'vanilla-no-prefill-graph' (the same with the "
+                   "prefill CUDA graph off, as the plugin runs SWAA) or SWAA preset names ('full': the swaa backend "
+                   "with SWAA off, which isolates the plugin's own cost)")
     p.add_argument("--model", default=str(HERE / "models" / "qwen3-4b-2507"), help="dir with config.json")
     p.add_argument("--lengths", default="8192,32768,65536,131072", help="prompt lengths (one batch each)")
     p.add_argument("--output-len", type=int, default=256, help="decode steps per batch (SGLang reports the median)")
