@@ -93,6 +93,22 @@ def _scenarios(smollm2_gpu_path, targets, busy, backend: str, config: SWAAConfig
     return out
 
 
+def _measure(runs: dict[str, list[list[int]]]) -> tuple[int, dict[str, float]]:
+    """(targets whose repeat alone gave the very same tokens, mean agreement per other scenario)."""
+    alone = runs["alone"]
+    same = sum(a == b for a, b in zip(alone, runs["repeat"]))
+    return same, {name: sum(_agreement(a, b) for a, b in zip(alone, outs)) / len(alone)
+                  for name, outs in runs.items() if name != "alone"}
+
+
+def _record(name: str, config: SWAAConfig, targets: int, exact_repeat, agreement) -> None:
+    results = os.environ.get("SWAA_RESULTS_DIR")
+    if results:
+        Path(results, name).write_text(json.dumps(
+            {"gpu": torch.cuda.get_device_name(), "config": config.to_dict(), "max_new_tokens": MAX_NEW,
+             "targets": targets, "exact_repeat": exact_repeat, "agreement": agreement}, indent=1))
+
+
 def test_greedy_determinism_against_stock_sglang(smollm2_gpu_path, workload):
     targets, busy = workload
     table: dict[str, dict[str, float]] = {}
@@ -101,21 +117,13 @@ def test_greedy_determinism_against_stock_sglang(smollm2_gpu_path, workload):
         runs = _scenarios(smollm2_gpu_path, targets, busy, backend)
         no_graph = _scenarios(smollm2_gpu_path, targets, busy, backend, disable_cuda_graph=True)
         runs["CUDA graphs off"] = no_graph["alone"]
-        exact_repeat[backend] = sum(a == b for a, b in zip(runs["alone"], runs["repeat"]))
-        table[backend] = {
-            name: sum(_agreement(a, b) for a, b in zip(runs["alone"], outs)) / len(targets)
-            for name, outs in runs.items() if name != "alone"
-        }
+        exact_repeat[backend], table[backend] = _measure(runs)
     print(f"\nexact repeats alone: {exact_repeat} of {len(targets)}")
     print("mean greedy agreement with the request run alone (common prefix / length):")
     print(f"{'scenario':18} {'swaa':>6} {'stock flashinfer':>17}")
     for name in table["swaa"]:
         print(f"{name:18} {table['swaa'][name]:6.3f} {table['flashinfer'][name]:17.3f}")
-    results = os.environ.get("SWAA_RESULTS_DIR")
-    if results:
-        Path(results, "determinism.json").write_text(json.dumps(
-            {"gpu": torch.cuda.get_device_name(), "config": CONFIG.to_dict(), "max_new_tokens": MAX_NEW,
-             "targets": len(targets), "exact_repeat": exact_repeat, "agreement": table}, indent=1))
+    _record("determinism.json", CONFIG, len(targets), exact_repeat, table)
     # asserted only now, so that a failing run still leaves its measurements
     for backend, same in exact_repeat.items():
         assert same == len(targets), f"{backend}: {len(targets) - same} requests gave other tokens when repeated alone"
@@ -131,13 +139,7 @@ def test_greedy_agreement_without_sinks(smollm2_gpu_path, workload):
     alone must be exact; the agreement is measured and written out, not bounded."""
     targets, busy = workload
     runs = _scenarios(smollm2_gpu_path, targets, busy, "swaa", config=NO_SINKS)
-    same = sum(a == b for a, b in zip(runs["alone"], runs["repeat"]))
-    agreement = {name: sum(_agreement(a, b) for a, b in zip(runs["alone"], outs)) / len(targets)
-                 for name, outs in runs.items() if name != "alone"}
+    same, agreement = _measure(runs)
     print(f"\nW=64 without sinks: exact repeats {same} of {len(targets)}; agreement {agreement}")
-    results = os.environ.get("SWAA_RESULTS_DIR")
-    if results:
-        Path(results, "determinism_no_sinks.json").write_text(json.dumps(
-            {"gpu": torch.cuda.get_device_name(), "config": NO_SINKS.to_dict(), "max_new_tokens": MAX_NEW,
-             "targets": len(targets), "exact_repeat": same, "agreement": agreement}, indent=1))
+    _record("determinism_no_sinks.json", NO_SINKS, len(targets), same, agreement)
     assert same == len(targets), f"{len(targets) - same} requests gave other tokens when repeated alone"
