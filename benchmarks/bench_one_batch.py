@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lengths", default="8192,32768,65536,131072", help="prompt lengths (one batch each)")
     p.add_argument("--output-len", type=int, default=256, help="decode steps per batch (SGLang reports the median)")
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--mem", type=float, default=0.85, help="mem_fraction_static")
+    p.add_argument("--mem", type=float, default=0.75,
+                   help="mem_fraction_static (lower than a server's: the prompt is prefilled in one pass, not in chunks)")
     p.add_argument("--extra", default="", help="more one_batch arguments, e.g. '--profile --profile-stage decode'")
     p.add_argument("--quick", action="store_true", help="8K and 32K, 64 decode steps")
     p.add_argument("--timeout", type=float, default=1200, help="seconds per setting")
