@@ -45,6 +45,26 @@ def build_parser(tool: str):
     return parser, module
 
 
+def refusal(tool: str, server_args) -> Optional[str]:
+    """What this wrapper cannot run correctly, as one message naming the field, or None."""
+    if tool == "one_batch" and server_args.tp_size > 1:
+        # one_batch starts its tensor-parallel workers with the spawn method, and nothing on their
+        # path loads plugins: they would not know the swaa backend
+        return (f"tp_size: {server_args.tp_size}; one_batch's spawned tensor-parallel workers never load the plugin; "
+                "allowed: 1 (for --tp use offline_throughput or a server, which load it in every process)")
+    if tool == "offline_throughput":
+        # it builds its prompts with this tokenizer: a config-only dummy model has none, and every
+        # prompt would be empty
+        from sglang.benchmark.utils import get_tokenizer  # the one offline_throughput uses
+
+        path = server_args.tokenizer_path or server_args.model_path
+        if not get_tokenizer(path).encode("The capital of France is Paris."):
+            return (f"tokenizer_path: {path!r} has no usable tokenizer (a config-only model?), so every prompt "
+                    "would be empty; allowed: a model directory with a tokenizer, e.g. --tokenizer-path of the "
+                    "real model next to --load-format dummy")
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in TOOLS:
@@ -61,6 +81,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except ValueError as e:
         sys.exit(f"error: {e}")
     bench_args = module.BenchArgs.from_cli_args(args)
+    problem = refusal(tool, server_args)
+    if problem:
+        sys.exit(f"error: {problem}")
     logging.basicConfig(level=getattr(logging, server_args.log_level.upper()), format="%(message)s")
     getattr(module, TOOLS[tool][1])(server_args, bench_args)
 

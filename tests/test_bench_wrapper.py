@@ -63,6 +63,10 @@ def test_offline_throughput_arguments():
     (["bench_everything"], "error: unknown tool 'bench_everything'; give a tool first; allowed: one_batch"),
     (["one_batch", *CPU, "--swaa-window", "0"], "error: sliding_window_size: must be an integer >= 1"),
     (["one_batch", *CPU, "--attention-backend", "swaa"], "give a SWAA setting: --swaa-preset NAME"),
+    (["one_batch", *CPU, "--swaa-window", "64", "--tp-size", "2"],
+     "error: tp_size: 2; one_batch's spawned tensor-parallel workers never load the plugin; allowed: 1"),
+    (["offline_throughput", *CPU, "--swaa-window", "64", "--dataset-name", "random"],
+     "error: tokenizer_path: '" + QWEN3_CONFIG + "' has no usable tokenizer"),
 ])
 def test_refusals_name_what_is_wrong(argv, message):
     r = subprocess.run([sys.executable, "-m", "swaa_sglang.bench", *argv], capture_output=True, text=True, timeout=600)
