@@ -41,6 +41,9 @@ def setting_override_json(setting: str) -> str:
 # stock SGLang settings: the flashinfer backend as shipped, and with the prefill CUDA graph off as the
 # swaa backend runs it (the plugin turns it off), to tell that difference from the backend's own cost
 VANILLA = {"vanilla": {}, "vanilla-no-prefill-graph": {"disable_prefill_cuda_graph": True}}
+SETTINGS_HELP = ("comma list: 'vanilla' (flashinfer backend), 'vanilla-no-prefill-graph' (the same with the prefill "
+                 "CUDA graph off, as the plugin runs SWAA), SWAA preset names ('full': the swaa backend with SWAA off, "
+                 "which isolates the plugin's own cost)")
 
 
 def _engine(setting: str, model: str, context_len: int, mem: float, extra: dict):
@@ -125,9 +128,7 @@ def measure(setting: str, a) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--settings", default="vanilla,sink100-2k,balanced",
-                   help="comma list: 'vanilla' (flashinfer backend), 'vanilla-no-prefill-graph' (the same with the "
-                        "prefill CUDA graph off, as the plugin runs SWAA), SWAA preset names ('full': the swaa backend "
-                        "with SWAA off, which isolates the plugin's own cost), PRESET+evict (window eviction on)")
+                   help=SETTINGS_HELP + ", PRESET+evict (window eviction on)")
     p.add_argument("--model", default=str(HERE / "models" / "qwen3-4b-2507"), help="dir with config.json")
     p.add_argument("--lengths", default="8192,32768,65536,131072")
     p.add_argument("--decode-tokens", type=int, default=128)

@@ -23,18 +23,25 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
+from bench_e2e import SETTINGS_HELP, VANILLA  # the same settings, as Engine kwargs there
+
 HERE = Path(__file__).resolve().parent
 BENCH_COMMAND = f"{sys.executable} -m swaa_sglang.bench one_batch"
-# stock SGLang, as shipped and with the prefill CUDA graph off as the plugin runs SWAA
-VANILLA = {"vanilla": ["--attention-backend", "flashinfer"],
-           "vanilla-no-prefill-graph": ["--attention-backend", "flashinfer", "--disable-prefill-cuda-graph"]}
+
+
+def backend_args(setting: str) -> list[str]:
+    """A setting as one_batch flags: bench_e2e's stock SGLang settings (Engine kwargs, all switches,
+    as flags), else a SWAA preset."""
+    if setting not in VANILLA:
+        return ["--swaa-preset", setting]
+    switches = [f"--{name.replace('_', '-')}" for name, on in VANILLA[setting].items() if on]
+    return ["--attention-backend", "flashinfer", *switches]
 
 
 def tool_args(setting: str, a) -> list[str]:
     """The one_batch arguments for one setting ('vanilla': stock flashinfer; else a SWAA preset)."""
-    backend = VANILLA[setting] if setting in VANILLA else ["--swaa-preset", setting]
     return [
-        "--model-path", a.model, "--load-format", "dummy", *backend, "--mem-fraction-static", str(a.mem),
+        "--model-path", a.model, "--load-format", "dummy", *backend_args(setting), "--mem-fraction-static", str(a.mem),
         "--batch-size", str(a.batch_size), "--input-len", *map(str, a.lengths), "--output-len", str(a.output_len),
         "--run-name", setting, *shlex.split(a.extra),
     ]
@@ -74,9 +81,7 @@ def table(result: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--settings", default="vanilla,vanilla-no-prefill-graph,full,sink100-2k,balanced",
-                   help="comma list: 'vanilla' (stock flashinfer backend), 'vanilla-no-prefill-graph' (the same with the "
-                   "prefill CUDA graph off, as the plugin runs SWAA) or SWAA preset names ('full': the swaa backend "
-                   "with SWAA off, which isolates the plugin's own cost)")
+                   help=SETTINGS_HELP)
     p.add_argument("--model", default=str(HERE / "models" / "qwen3-4b-2507"), help="dir with config.json")
     p.add_argument("--lengths", default="8192,32768,65536,131072", help="prompt lengths (one batch each)")
     p.add_argument("--output-len", type=int, default=256, help="decode steps per batch (SGLang reports the median)")

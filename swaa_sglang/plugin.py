@@ -148,8 +148,8 @@ def _eviction_model_config(model_config, *args, **kwargs):
 _eviction_cache: dict = {}
 
 
-def _eviction_config():
-    """(SWAA config, page size) when this process serves SWAA with window eviction on, else None.
+def _eviction_floor_hook():
+    """The ``Req.__init__`` floor hook when this process serves SWAA with window eviction on, else None.
 
     Cached per (override, page size): the scheduler's hooks ask on every request and step."""
     from sglang.srt.runtime_context import get_server_args
@@ -160,8 +160,12 @@ def _eviction_config():
     key = (server_args.json_model_override_args, server_args.page_size)
     if key not in _eviction_cache:
         config = config_from_override_args(server_args.json_model_override_args)
-        _eviction_cache[key] = (config, server_args.page_size or 1) if config is not None and config.evict_window \
-            else None
+        hook = None
+        if config is not None and config.evict_window:
+            from attention_backends.eviction import sink_floor_hook
+
+            hook = sink_floor_hook(config.keep_first, server_args.page_size or 1)
+        _eviction_cache[key] = hook
     return _eviction_cache[key]
 
 
@@ -171,12 +175,9 @@ def _req_sink_floor(result, req, *args, **kwargs):
     SGLang's ``free_swa_out_of_window_slots`` then never frees a live request's sinks
     (``attention_backends.eviction.sink_floor_hook``; EVICTION.md (b)).
     """
-    on = _eviction_config()
-    if on is not None:
-        from attention_backends.eviction import sink_floor_hook
-
-        config, page_size = on
-        sink_floor_hook(config.keep_first, page_size)(result, req, *args, **kwargs)
+    hook = _eviction_floor_hook()
+    if hook is not None:
+        hook(result, req, *args, **kwargs)
     return None
 
 
@@ -184,7 +185,7 @@ def _count_window_frees(original, req, pre_len, *args, **kwargs):
     """AROUND hook on ``free_swa_out_of_window_slots`` as ``ScheduleBatch._evict_swa`` calls it
     (scheduler): count the KV slots window eviction frees, logged every minute, when SWAA eviction
     is on here (a native-SWA model served without SWAA is left alone)."""
-    if _eviction_config() is None:
+    if _eviction_floor_hook() is None:
         return original(req, pre_len, *args, **kwargs)
     from attention_backends.eviction import count_window_frees
 
