@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import os
 import random
+import sys
 import statistics
 import time
 from datetime import date
@@ -44,6 +45,29 @@ VANILLA = {"vanilla": {}, "vanilla-no-prefill-graph": {"disable_prefill_cuda_gra
 SETTINGS_HELP = ("comma list: 'vanilla' (flashinfer backend), 'vanilla-no-prefill-graph' (the same with the prefill "
                  "CUDA graph off, as the plugin runs SWAA), SWAA preset names ('full': the swaa backend with SWAA off, "
                  "which isolates the plugin's own cost)")
+
+
+# SGLang's own switch for a context longer than the model config allows
+LONGER_CONTEXT_ENV = "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN"
+
+
+def context_needed(lengths: list[int], decode_tokens: int) -> int:
+    """The Engine's context_length: the longest prompt, its decode run and a small margin."""
+    return max(lengths) + decode_tokens + 64
+
+
+def context_refusal(model: str, needed: int, env=os.environ) -> str | None:
+    """Why the model config cannot hold the longest request (None when it can), checked before any
+    Engine starts: SGLang refuses it only after its launcher is up (session 8 lost a run that way)."""
+    config = Path(model) / "config.json"
+    if env.get(LONGER_CONTEXT_ENV) == "1" or not config.is_file():
+        return None
+    limit = json.loads(config.read_text()).get("max_position_embeddings")
+    if limit is None or needed <= limit:
+        return None
+    return (f"--lengths: the longest prompt plus --decode-tokens and a 64-token margin needs a context of "
+            f"{needed}, but {config} allows {limit} (max_position_embeddings); shorten --lengths, or, for "
+            f"dummy-weight speed runs, set {LONGER_CONTEXT_ENV}=1 (SGLang's own override)")
 
 
 def _engine(setting: str, model: str, context_len: int, mem: float, extra: dict):
@@ -102,7 +126,7 @@ def measure(setting: str, a) -> dict:
             return x
     rng = random.Random(0)
     t0 = time.perf_counter()
-    engine = _engine(setting, a.model, max(a.lengths) + a.decode_tokens + 64, a.mem, {})
+    engine = _engine(setting, a.model, context_needed(a.lengths, a.decode_tokens), a.mem, {})
     row = {"setting": setting, "startup_s": time.perf_counter() - t0, "single": [], "offline": None}
     try:
         # warm-up at the shortest length: a full prefill chunk and a decode run, so that first-use
@@ -143,13 +167,17 @@ def main() -> None:
     a.lengths = [8192, 32768] if a.quick else [int(x) for x in a.lengths.split(",")]
     if a.quick:
         a.offline_requests, a.offline_len = 8, 8192
+    refusal = context_refusal(a.model, context_needed(a.lengths, a.decode_tokens))
+    if refusal:
+        p.error(refusal)
     import torch
 
     import flashinfer
     import sglang
 
     result = {"meta": {"gpu": torch.cuda.get_device_name(), "date": date.today().isoformat(), "decode_method": "stream",
-                       "model": a.model, "argv": sys.argv, "sglang": sglang.__version__,
+                       "model": a.model, "argv": sys.argv,
+                       LONGER_CONTEXT_ENV: os.environ.get(LONGER_CONTEXT_ENV), "sglang": sglang.__version__,
                        "flashinfer": flashinfer.__version__, "torch": torch.__version__}, "rows": []}
     for setting in a.settings.split(","):
         result["rows"].append(measure(setting, a))

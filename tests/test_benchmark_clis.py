@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -328,3 +329,52 @@ def test_bench_one_batch_runs_each_setting_and_computes_speedups(tmp_path):
     assert (tmp_path / "ob.broken.log").read_text().startswith("$ ")
     line = next(x for x in r.stdout.splitlines() if x.startswith("balanced") and "131072" in x)
     assert line.split() == ["balanced", "131072", "3.277", "4.00x", "4.000", "250.0", "1.25x"]
+
+
+def test_e2e_refuses_lengths_the_model_config_cannot_hold_before_any_engine_starts():
+    # session 8: the Qwen3-8B shape (max_position_embeddings 131072) with a 131072-token prompt
+    # plus 256 decode tokens failed inside SGLang's launcher, after the run had started
+    r = subprocess.run([sys.executable, str(BENCH / "bench_e2e.py"), "--model", str(BENCH / "models" / "qwen3-8b"),
+                        "--lengths", "8192,131072", "--decode-tokens", "256"],
+                       capture_output=True, text=True, timeout=300,
+                       env={k: v for k, v in os.environ.items() if k != "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN"})
+    assert r.returncode == 2
+    assert "needs a context of 131392" in r.stderr and "allows 131072 (max_position_embeddings)" in r.stderr
+    assert "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1" in r.stderr
+    sys.path.insert(0, str(BENCH))
+    try:
+        from bench_e2e import context_needed, context_refusal
+    finally:
+        sys.path.remove(str(BENCH))
+    model = str(BENCH / "models" / "qwen3-8b")
+    assert context_needed([8192, 131072 - 320], 256) == 131072
+    assert context_refusal(model, 131072, env={}) is None  # exactly the limit fits
+    assert context_refusal(model, 131073, env={}) is not None
+    assert context_refusal(model, 131073, env={"SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN": "1"}) is None
+    assert context_refusal(str(BENCH / "models" / "qwen3-4b-2507"), 131392, env={}) is None  # 262144 there
+
+
+def test_render_bench_layer_mix_estimate_from_vanilla_and_all_sliding_rows():
+    """balanced (odd layers full: 18 of Qwen3-4B's 36) is estimated as half vanilla's TTFT plus half
+    sink100-2k's; presets with another window, or no full layers, get no estimate."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        from render_bench import layer_mix_estimate, layer_mix_markdown
+    finally:
+        sys.path.remove(str(BENCH))
+
+    def row(setting, ttft):
+        return {"setting": setting, "single": [{"prompt_tokens": 131072, "ttft_s": ttft, "decode_tok_s": 1.0}]}
+
+    e2e = {"meta": {"model": "/tmp/queue/tree/benchmarks/models/qwen3-4b-2507"},
+           "rows": [row("vanilla", 16.0), row("full", 16.1), row("sink100-2k", 2.0), row("balanced", 9.9),
+                    row("half-full-4k", 9.5), row("quarter-full-2k", 6.0)]}
+    est = {r["setting"]: r for r in layer_mix_estimate(e2e)}
+    assert set(est) == {"balanced", "quarter-full-2k"}
+    assert est["balanced"]["full_layers"] == 18 and est["balanced"]["estimate_s"] == 9.0
+    assert est["balanced"]["bound"] == 16.0 / 9.0
+    assert est["quarter-full-2k"]["full_layers"] == 9 and est["quarter-full-2k"]["estimate_s"] == 0.25 * 16 + 0.75 * 2
+    assert "| balanced | 128K | 18/36 | 9.900 | 9.000 | 1.100 | 1.78x |" in layer_mix_markdown(e2e)
+    # without the all-sliding reference there is nothing to estimate from
+    e2e["rows"] = [r for r in e2e["rows"] if r["setting"] != "sink100-2k"]
+    assert layer_mix_estimate(e2e) == [] and layer_mix_markdown(e2e) == []
