@@ -47,7 +47,7 @@ SETTINGS_HELP = ("comma list: 'vanilla' (flashinfer backend), 'vanilla-no-prefil
                  "which isolates the plugin's own cost)")
 
 
-# SGLang's own switch for a context longer than the model config allows
+# SGLang's own switch for a context longer than the model config allows (named in messages and the JSON)
 LONGER_CONTEXT_ENV = "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN"
 
 
@@ -56,18 +56,25 @@ def context_needed(lengths: list[int], decode_tokens: int) -> int:
     return max(lengths) + decode_tokens + 64
 
 
-def context_refusal(model: str, needed: int, env=os.environ) -> str | None:
-    """Why the model config cannot hold the longest request (None when it can), checked before any
-    Engine starts: SGLang refuses it only after its launcher is up (session 8 lost a run that way)."""
+def context_refusal(model: str, needed: int) -> str | None:
+    """Why SGLang would refuse this context length for the model (None when it accepts it), asked
+    before any Engine starts: SGLang refuses it only once its launcher is up (session 8 lost a run
+    that way). The limit and the override are SGLang's own: its context length derived from the
+    config (length keys, rope scaling) and SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN."""
     config = Path(model) / "config.json"
-    if env.get(LONGER_CONTEXT_ENV) == "1" or not config.is_file():
-        return None
-    limit = json.loads(config.read_text()).get("max_position_embeddings")
-    if limit is None or needed <= limit:
+    from sglang.srt.environ import envs
+
+    if envs.SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN.get() or not config.is_file():
+        return None  # a hub id: SGLang resolves and checks it itself
+    from sglang.srt.utils.hf_transformers.common import get_context_length
+    from transformers import AutoConfig
+
+    limit = get_context_length(AutoConfig.from_pretrained(model))
+    if needed <= limit:
         return None
     return (f"--lengths: the longest prompt plus --decode-tokens and a 64-token margin needs a context of "
-            f"{needed}, but {config} allows {limit} (max_position_embeddings); shorten --lengths, or, for "
-            f"dummy-weight speed runs, set {LONGER_CONTEXT_ENV}=1 (SGLang's own override)")
+            f"{needed}, but {config} allows {limit} (max_position_embeddings) as SGLang derives it; shorten "
+            f"--lengths, or, for dummy-weight speed runs, set {LONGER_CONTEXT_ENV}=1 (SGLang's own override)")
 
 
 def _engine(setting: str, model: str, context_len: int, mem: float, extra: dict):

@@ -98,17 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     a.lengths = [8192, 32768] if a.quick else [int(x) for x in a.lengths.split(",")]
     if a.quick:
         a.output_len = 64
-    try:
-        import torch
+    import torch  # both come with sglang
+    from tqdm import tqdm
 
-        gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
-    except ImportError:
-        gpu = "unknown"
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        def tqdm(x, **_):
-            return x
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     out = Path(a.out)
     result = {"meta": {"gpu": gpu, "date": date.today().isoformat(), "model": a.model, "argv": sys.argv,
                        "tool": "sglang.benchmark.one_batch via python -m swaa_sglang.bench",

@@ -109,7 +109,7 @@ def layer_mix_estimate(e2e: dict) -> list[dict]:
         if name not in PRESETS:
             continue
         c = preset_config(name)
-        full = n - len([i for i in range(n) if c.is_sliding(i)])
+        full = sum(not c.is_sliding(i) for i in range(n))
         if not 0 < full < n or (c.sliding_window_size, c.keep_first) != (ref.sliding_window_size, ref.keep_first):
             continue
         f = full / n

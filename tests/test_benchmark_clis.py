@@ -331,7 +331,7 @@ def test_bench_one_batch_runs_each_setting_and_computes_speedups(tmp_path):
     assert line.split() == ["balanced", "131072", "3.277", "4.00x", "4.000", "250.0", "1.25x"]
 
 
-def test_e2e_refuses_lengths_the_model_config_cannot_hold_before_any_engine_starts():
+def test_e2e_refuses_lengths_the_model_config_cannot_hold_before_any_engine_starts(monkeypatch):
     # session 8: the Qwen3-8B shape (max_position_embeddings 131072) with a 131072-token prompt
     # plus 256 decode tokens failed inside SGLang's launcher, after the run had started
     r = subprocess.run([sys.executable, str(BENCH / "bench_e2e.py"), "--model", str(BENCH / "models" / "qwen3-8b"),
@@ -347,11 +347,13 @@ def test_e2e_refuses_lengths_the_model_config_cannot_hold_before_any_engine_star
     finally:
         sys.path.remove(str(BENCH))
     model = str(BENCH / "models" / "qwen3-8b")
+    monkeypatch.delenv("SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN", raising=False)
     assert context_needed([8192, 131072 - 320], 256) == 131072
-    assert context_refusal(model, 131072, env={}) is None  # exactly the limit fits
-    assert context_refusal(model, 131073, env={}) is not None
-    assert context_refusal(model, 131073, env={"SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN": "1"}) is None
-    assert context_refusal(str(BENCH / "models" / "qwen3-4b-2507"), 131392, env={}) is None  # 262144 there
+    assert context_refusal(model, 131072) is None  # exactly the limit fits
+    assert context_refusal(model, 131073) is not None
+    assert context_refusal(str(BENCH / "models" / "qwen3-4b-2507"), 131392) is None  # 262144 there
+    monkeypatch.setenv("SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN", "1")
+    assert context_refusal(model, 131073) is None
 
 
 def test_render_bench_layer_mix_estimate_from_vanilla_and_all_sliding_rows():
