@@ -21,7 +21,6 @@ DECODE_GOAL = 10.0  # full decode / SWAA decode, 32 x 32K
 TTFT_GOAL = 5.5  # vanilla / swaa TTFT at 128K (all layers sliding)
 DECODE_E2E_GOAL = 2.5  # swaa / vanilla decode tok/s at 128K
 BALANCED_TTFT_GOAL = 1.9  # vanilla / balanced TTFT at 128K (FA decode, half the layers full)
-SLIDING_REFERENCE = "sink100-2k"  # every layer sliding with the window and sinks the layer-mix presets use
 HERE = Path(__file__).resolve().parent
 
 
@@ -76,10 +75,45 @@ def e2e_markdown(e2e: dict) -> list[str]:
             o = r["offline"]
             lines.append(f"| {name} | offline {o['requests']} x {_k(o['prompt_tokens'])} -> {o['output_tokens']} | "
                          f"{o['seconds']:.1f} s total | | {o['output_tok_s']:.1f} | |")
-    lines += ["", f"Goals at 128K (all layers sliding, W=2048, k=100): TTFT >= {TTFT_GOAL}x, "
+    lines += ["", "Settings: " + "; ".join(f"`{name}` {_setting_description(name)}" for name in rows) + "."]
+    lines += ["", f"Issue 5's goals (Qwen3-4B shape, H100, at 128K; all layers sliding, W=2048, k=100): TTFT >= {TTFT_GOAL}x, "
               f"decode >= {DECODE_E2E_GOAL}x vanilla; balanced: TTFT >= {BALANCED_TTFT_GOAL}x.", ""]
     lines += layer_mix_markdown(e2e)
     return lines
+
+
+def e2e_speedups(e2e: dict) -> list[dict]:
+    """Per non-vanilla setting: TTFT and decode speed-up over vanilla at the longest prompt both measured."""
+    rows = {r["setting"]: r for r in e2e["rows"]}
+    if "vanilla" not in rows or not rows["vanilla"]["single"]:
+        return []
+    base = {s["prompt_tokens"]: s for s in rows["vanilla"]["single"]}
+    out = []
+    for name, r in rows.items():
+        common = [s for s in r["single"] if s["prompt_tokens"] in base]
+        if name == "vanilla" or not common:
+            continue
+        s = max(common, key=lambda x: x["prompt_tokens"])
+        b = base[s["prompt_tokens"]]
+        out.append({"setting": name, "prompt_tokens": s["prompt_tokens"], "ttft": b["ttft_s"] / s["ttft_s"],
+                    "decode": s["decode_tok_s"] / b["decode_tok_s"]})
+    return out
+
+
+def _setting_description(setting: str) -> str:
+    """What a bench_e2e setting name runs, for the reader of the table."""
+    from swaa_sglang.config import PRESETS
+
+    preset, _, evict = setting.partition("+")
+    if preset == "vanilla":
+        what = "SGLang's flashinfer backend, no plugin"
+    elif preset == "vanilla-no-prefill-graph":
+        what = "the same, prefill CUDA graph off"
+    elif preset in PRESETS:
+        what = PRESETS[preset][0]
+    else:
+        return "(not a known setting)"
+    return what + (", window eviction on" if evict else "")
 
 
 def _num_layers(model: str) -> Optional[int]:
@@ -89,36 +123,49 @@ def _num_layers(model: str) -> Optional[int]:
     return json.loads(config.read_text())["num_hidden_layers"] if config.is_file() else None
 
 
+def _sliding_references(names: list[str], n: int) -> dict[tuple[int, int], str]:
+    """(window, sinks) -> the run's preset with every layer sliding and that window and those sinks.
+    TTFT is prefill, which FA decode does not touch; a preset without it is still preferred."""
+    from swaa_sglang.config import PRESETS, preset_config
+
+    refs: dict[tuple[int, int], str] = {}
+    for name in sorted((x for x in names if x in PRESETS), key=lambda x: bool(preset_config(x).force_fa_decode)):
+        c = preset_config(name)
+        if c.sliding_window_size and all(c.is_sliding(i) for i in range(n)):
+            refs.setdefault((c.sliding_window_size, c.keep_first), name)
+    return refs
+
+
 def layer_mix_estimate(e2e: dict) -> list[dict]:
     """TTFT a preset with some full layers would have if each full layer cost what it costs in
-    vanilla and each sliding layer what it costs in the all-sliding reference
-    (f x vanilla + (1 - f) x reference, f the fraction of full layers): the bound a layer mix
-    can reach without a faster full-attention path. Only for presets whose window and sinks
-    match the reference's."""
+    vanilla and each sliding layer what it costs in the run's all-sliding preset with the same
+    window and sinks (f x vanilla + (1 - f) x reference, f the fraction of full layers): the bound
+    a layer mix can reach without a faster full-attention path."""
     from swaa_sglang.config import PRESETS, preset_config
 
     rows = {r["setting"]: r for r in e2e["rows"]}
     n = _num_layers(e2e["meta"]["model"])
-    if n is None or "vanilla" not in rows or SLIDING_REFERENCE not in rows:
+    if n is None or "vanilla" not in rows:
         return []
-    ref = preset_config(SLIDING_REFERENCE)
+    refs = _sliding_references(list(rows), n)
     van = {s["prompt_tokens"]: s["ttft_s"] for s in rows["vanilla"]["single"]}
-    sld = {s["prompt_tokens"]: s["ttft_s"] for s in rows[SLIDING_REFERENCE]["single"]}
     out = []
     for name, r in rows.items():
         if name not in PRESETS:
             continue
         c = preset_config(name)
         full = sum(not c.is_sliding(i) for i in range(n))
-        if not 0 < full < n or (c.sliding_window_size, c.keep_first) != (ref.sliding_window_size, ref.keep_first):
+        ref = refs.get((c.sliding_window_size, c.keep_first))
+        if not 0 < full < n or ref is None:
             continue
+        sld = {s["prompt_tokens"]: s["ttft_s"] for s in rows[ref]["single"]}
         f = full / n
         for s in r["single"]:
             t = s["prompt_tokens"]
             if t in van and t in sld:
                 est = f * van[t] + (1 - f) * sld[t]
-                out.append({"setting": name, "prompt_tokens": t, "full_layers": full, "num_layers": n,
-                            "measured_s": s["ttft_s"], "estimate_s": est, "bound": van[t] / est})
+                out.append({"setting": name, "reference": ref, "prompt_tokens": t, "full_layers": full,
+                            "num_layers": n, "measured_s": s["ttft_s"], "estimate_s": est, "bound": van[t] / est})
     return out
 
 
@@ -126,12 +173,15 @@ def layer_mix_markdown(e2e: dict) -> list[str]:
     rows = layer_mix_estimate(e2e)
     if not rows:
         return []
-    lines = [f"Layer mix: full layers at vanilla's cost, sliding ones at {SLIDING_REFERENCE}'s "
-             "(estimate = f x vanilla + (1 - f) x sliding; its speed-up is what the mix can reach):", "",
-             "| setting | prompt | full layers | TTFT s | estimate s | measured / estimate | speed-up bound |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["Layer mix: full layers at vanilla's cost, sliding ones at the cost of the all-sliding preset "
+             "with the same window and sinks (estimate = f x vanilla + (1 - f) x sliding; its speed-up is "
+             "what the mix can reach):", "",
+             "| setting | prompt | full layers | sliding cost from | TTFT s | estimate s | measured / estimate "
+             "| speed-up bound |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['setting']} | {_k(r['prompt_tokens'])} | {r['full_layers']}/{r['num_layers']} | "
+                     f"{r['reference']} | "
                      f"{r['measured_s']:.3f} | {r['estimate_s']:.3f} | {r['measured_s'] / r['estimate_s']:.3f} | "
                      f"{r['bound']:.2f}x |")
     return lines + [""]
@@ -167,7 +217,11 @@ def plot(ops: Optional[dict], e2e: Optional[dict], out: str) -> list[str]:
         plt.close(fig)
         written.append(f"{out}_ops.png")
     if e2e:
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        from matplotlib.ticker import NullFormatter
+
+        # curves per setting, then the speed-ups over vanilla at the longest prompt as bars: with nine
+        # settings the curves crowd together, the bars still read at a glance
+        fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 4.3))
         for r in e2e["rows"]:
             n = [s["prompt_tokens"] for s in r["single"]]
             a1.plot(n, [s["ttft_s"] for s in r["single"]], "o-", label=r["setting"])
@@ -177,8 +231,23 @@ def plot(ops: Optional[dict], e2e: Optional[dict], out: str) -> list[str]:
             ticks = [s["prompt_tokens"] for s in e2e["rows"][0]["single"]]
             a.set_xticks(ticks)
             a.set_xticklabels([_k(t) for t in ticks])
-            a.legend()
+            a.xaxis.set_minor_formatter(NullFormatter())
         a1.set_yscale("log")
+        a2.legend(fontsize=7, loc="best")
+        ups = e2e_speedups(e2e)
+        if ups:
+            names = [u["setting"] for u in ups]
+            y = range(len(names))
+            a3.barh([i - 0.2 for i in y], [u["ttft"] for u in ups], height=0.4, label="TTFT")
+            a3.barh([i + 0.2 for i in y], [u["decode"] for u in ups], height=0.4, label="decode tok/s")
+            a3.axvline(1.0, color="gray", lw=0.8)
+            a3.set_yticks(list(y))
+            a3.set_yticklabels(names, fontsize=8)
+            a3.invert_yaxis()
+            a3.set(xlabel="x vanilla", title=f"speed-up over vanilla at {_k(ups[0]['prompt_tokens'])}")
+            a3.legend(fontsize=7)
+        else:
+            a3.set_axis_off()
         fig.suptitle(f"{Path(e2e['meta']['model']).name} shape, {e2e['meta']['gpu']}, {e2e['meta']['date']}")
         fig.tight_layout()
         fig.savefig(f"{out}_e2e.png", dpi=120)

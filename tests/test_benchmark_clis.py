@@ -50,7 +50,19 @@ def test_render_bench_computes_ratios_from_the_json(tmp_path):
     assert "| fa2 | 128K | 400.00 | 10.00 | 12.00 | 11.00 | 1.100 | 36.4 |" in md
     assert "| 32 x 32K | 1.500 | 0.100 | 15.0 |" in md
     assert "| sink100-2k | 128K | 2.500 | 6.00x | 225.0 | 2.50x |" in md
+    assert "`sink100-2k` window 2048 + 100 sinks" in md and "`vanilla` SGLang's flashinfer backend" in md
+    assert r.stdout.count("# Speed: SWAA") == 1  # the table is printed once
     assert (tmp_path / "speed_ops.png").stat().st_size > 1000 and (tmp_path / "speed_e2e.png").stat().st_size > 1000
+    sys.path.insert(0, str(BENCH))
+    try:
+        from render_bench import e2e_speedups
+    finally:
+        sys.path.remove(str(BENCH))
+    # the bars: each setting at the longest prompt vanilla also ran (8K here; 128K has no vanilla row)
+    e2e["rows"][0]["single"] = [{"prompt_tokens": 8192, "ttft_s": 0.2, "decode_tok_s": 100.0}]
+    e2e["rows"][1]["single"].insert(0, {"prompt_tokens": 8192, "ttft_s": 0.1, "decode_tok_s": 110.0})
+    e2e["rows"].append({"setting": "window-2k", "single": [{"prompt_tokens": 65536, "ttft_s": 1.0, "decode_tok_s": 1.0}]})
+    assert e2e_speedups(e2e) == [{"setting": "sink100-2k", "prompt_tokens": 8192, "ttft": 2.0, "decode": 1.1}]
 
 
 def test_concurrency_peak_and_settings():
@@ -358,7 +370,8 @@ def test_e2e_refuses_lengths_the_model_config_cannot_hold_before_any_engine_star
 
 def test_render_bench_layer_mix_estimate_from_vanilla_and_all_sliding_rows():
     """balanced (odd layers full: 18 of Qwen3-4B's 36) is estimated as half vanilla's TTFT plus half
-    sink100-2k's; presets with another window, or no full layers, get no estimate."""
+    sink100-2k's, half-full-4k from sink100-4k (its window); presets without a same-window
+    all-sliding row in the run, or without full layers, get no estimate."""
     sys.path.insert(0, str(BENCH))
     try:
         from render_bench import layer_mix_estimate, layer_mix_markdown
@@ -368,15 +381,24 @@ def test_render_bench_layer_mix_estimate_from_vanilla_and_all_sliding_rows():
     def row(setting, ttft):
         return {"setting": setting, "single": [{"prompt_tokens": 131072, "ttft_s": ttft, "decode_tok_s": 1.0}]}
 
+    # fa-decode-2k (all sliding, W2048 k100, FA decode) comes first, but the reference is still sink100-2k
     e2e = {"meta": {"model": "/tmp/queue/tree/benchmarks/models/qwen3-4b-2507"},
-           "rows": [row("vanilla", 16.0), row("full", 16.1), row("sink100-2k", 2.0), row("balanced", 9.9),
-                    row("half-full-4k", 9.5), row("quarter-full-2k", 6.0)]}
+           "rows": [row("vanilla", 16.0), row("full", 16.1), row("fa-decode-2k", 2.2), row("sink100-2k", 2.0),
+                    row("balanced", 9.9), row("half-full-4k", 9.5), row("quarter-full-2k", 6.0), row("window-4k", 2.5)]}
     est = {r["setting"]: r for r in layer_mix_estimate(e2e)}
-    assert set(est) == {"balanced", "quarter-full-2k"}
+    assert set(est) == {"balanced", "quarter-full-2k"}  # no sink100-4k row: no reference for half-full-4k
+    assert est["balanced"]["reference"] == "sink100-2k"
     assert est["balanced"]["full_layers"] == 18 and est["balanced"]["estimate_s"] == 9.0
     assert est["balanced"]["bound"] == 16.0 / 9.0
     assert est["quarter-full-2k"]["full_layers"] == 9 and est["quarter-full-2k"]["estimate_s"] == 0.25 * 16 + 0.75 * 2
-    assert "| balanced | 128K | 18/36 | 9.900 | 9.000 | 1.100 | 1.78x |" in layer_mix_markdown(e2e)
-    # without the all-sliding reference there is nothing to estimate from
+    assert "| balanced | 128K | 18/36 | sink100-2k | 9.900 | 9.000 | 1.100 | 1.78x |" in layer_mix_markdown(e2e)
+    e2e["rows"].append(row("sink100-4k", 3.0))
+    est = {r["setting"]: r for r in layer_mix_estimate(e2e)}
+    assert est["half-full-4k"]["reference"] == "sink100-4k" and est["half-full-4k"]["estimate_s"] == 0.5 * 16 + 0.5 * 3
+    # without sink100-2k, fa-decode-2k (same window and sinks, every layer sliding) is the reference
     e2e["rows"] = [r for r in e2e["rows"] if r["setting"] != "sink100-2k"]
+    est = {r["setting"]: r for r in layer_mix_estimate(e2e)}
+    assert est["balanced"]["reference"] == "fa-decode-2k" and est["balanced"]["estimate_s"] == 0.5 * 16 + 0.5 * 2.2
+    # without any all-sliding reference there is nothing to estimate from
+    e2e["rows"] = [r for r in e2e["rows"] if r["setting"] not in ("fa-decode-2k", "sink100-4k")]
     assert layer_mix_estimate(e2e) == [] and layer_mix_markdown(e2e) == []
