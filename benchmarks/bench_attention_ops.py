@@ -125,9 +125,9 @@ def bench_decode(batch: int, ctx: int, w: int, sinks: int, hq: int, hk: int, d: 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--window", type=int, default=2048)
-    p.add_argument("--sinks", type=int, default=100)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--window", type=int, default=2048, help="sliding_window_size W of the layer timed")
+    p.add_argument("--sinks", type=int, default=100, help="keep_first k (sink tokens) of the layer timed")
     p.add_argument("--heads", default="32,8,128", help="q heads, kv heads, head dim")
     p.add_argument("--lengths", default="8192,32768,65536,131072", help="prefill lengths")
     p.add_argument("--decode", default="32x32768,8x131072", help="decode batch x context")

@@ -157,16 +157,17 @@ def measure(setting: str, a) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--settings", default="vanilla,sink100-2k,balanced",
                    help=SETTINGS_HELP + ", PRESET+evict (window eviction on)")
     p.add_argument("--model", default=str(HERE / "models" / "qwen3-4b-2507"), help="dir with config.json")
-    p.add_argument("--lengths", default="8192,32768,65536,131072")
-    p.add_argument("--decode-tokens", type=int, default=128)
+    p.add_argument("--lengths", default="8192,32768,65536,131072", help="comma list of prompt lengths (tokens), one request at a time")
+    p.add_argument("--decode-tokens", type=int, default=128, help="tokens decoded per request for the decode rate")
     p.add_argument("--repeats", type=int, default=2, help="requests per length (fresh prompts): TTFT the best, decode tok/s the median")
-    p.add_argument("--offline-requests", type=int, default=32)
-    p.add_argument("--offline-len", type=int, default=32768)
-    p.add_argument("--offline-out", type=int, default=256)
+    p.add_argument("--offline-requests", type=int, default=32,
+                   help="offline throughput: requests submitted at once (0: skip the offline part)")
+    p.add_argument("--offline-len", type=int, default=32768, help="offline throughput: prompt tokens per request")
+    p.add_argument("--offline-out", type=int, default=256, help="offline throughput: output tokens per request")
     p.add_argument("--mem", type=float, default=0.85, help="mem_fraction_static")
     p.add_argument("--quick", action="store_true", help="8K and 32K only, 8 offline requests")
     p.add_argument("--out", help="JSON file (rewritten after each setting)")

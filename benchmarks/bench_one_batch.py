@@ -79,13 +79,13 @@ def table(result: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--settings", default="vanilla,vanilla-no-prefill-graph,full,sink100-2k,balanced",
                    help=SETTINGS_HELP)
     p.add_argument("--model", default=str(HERE / "models" / "qwen3-4b-2507"), help="dir with config.json")
     p.add_argument("--lengths", default="8192,32768,65536,131072", help="prompt lengths (one batch each)")
     p.add_argument("--output-len", type=int, default=256, help="decode steps per batch (SGLang reports the median)")
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1, help="requests in the one static batch")
     p.add_argument("--mem", type=float, default=0.75,
                    help="mem_fraction_static (lower than a server's: the prompt is prefilled in one pass, not in chunks)")
     p.add_argument("--extra", default="", help="more one_batch arguments, e.g. '--profile --profile-stage decode'")
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=1200, help="seconds per setting")
     p.add_argument("--bench-command", default=BENCH_COMMAND, help="the wrapped tool (default: %(default)s)")
     p.add_argument("--out", default="one_batch.json", help="JSON file (rewritten after each setting)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     a.lengths = [8192, 32768] if a.quick else [int(x) for x in a.lengths.split(",")]
     if a.quick:

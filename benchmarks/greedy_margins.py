@@ -48,14 +48,14 @@ def summary(margins: list[float]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--window", type=int, default=64, help="the SWAA config's sliding_window_size (default: the "
-                   "determinism test's 64)")
-    p.add_argument("--keep-first", type=int, default=4, help="its keep_first (default 4)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--window", type=int, default=64, help="the SWAA config's sliding_window_size (the "
+                   "default is the determinism test's)")
+    p.add_argument("--keep-first", type=int, default=4, help="its keep_first (the default is the determinism test's)")
     p.add_argument("--targets", type=int, default=24, help="prompts (the determinism test's first N)")
     p.add_argument("--max-new", type=int, default=64, help="greedy tokens per prompt")
     p.add_argument("--out", help="JSON output")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
 
     import torch

@@ -19,12 +19,14 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
     ("bench_one_batch.py", ["--settings", "--lengths", "--output-len", "--quick", "--out", "one_batch"]),
     ("bench_concurrency.py", ["--settings", "--requests", "--prompt-len", "--output-len", "--context-len",
                                "--time-limit", "+evict"]),
+    ("greedy_margins.py", ["--out"]),
 ])
 def test_help(script, words):
     r = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     for w in words:
         assert w in r.stdout
+    assert "(default: " in r.stdout  # --help states the defaults
 
 
 def test_render_bench_computes_ratios_from_the_json(tmp_path):
