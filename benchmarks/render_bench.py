@@ -244,7 +244,9 @@ def plot(ops: Optional[dict], e2e: Optional[dict], out: str) -> list[str]:
             a3.set_yticks(list(y))
             a3.set_yticklabels(names, fontsize=8)
             a3.invert_yaxis()
-            a3.set(xlabel="x vanilla", title=f"speed-up over vanilla at {_k(ups[0]['prompt_tokens'])}")
+            at = {u["prompt_tokens"] for u in ups}
+            a3.set(xlabel="x vanilla", title="speed-up over vanilla at " + (_k(at.pop()) if len(at) == 1 else
+                                                                          "each setting's longest prompt"))
             a3.legend(fontsize=7)
         else:
             a3.set_axis_off()
