@@ -58,13 +58,18 @@ def ops_markdown(ops: dict) -> list[str]:
     return lines
 
 
+def _cells(row: dict) -> dict[int, dict]:
+    """One setting's single-request cells by prompt length."""
+    return {s["prompt_tokens"]: s for s in row["single"]}
+
+
 def e2e_markdown(e2e: dict) -> list[str]:
     m = e2e["meta"]
     rows = {r["setting"]: r for r in e2e["rows"]}
     lines = [f"### End to end ({m['gpu']}, {m['date']}, {Path(m['model']).name} shape, dummy weights, one request)", "",
              f"Command: `{' '.join(m.get('argv', []))}`", "",
              "| setting | prompt | TTFT s | TTFT speed-up | decode tok/s | decode speed-up |", "|---|---|---|---|---|---|"]
-    base = {s["prompt_tokens"]: s for s in rows.get("vanilla", {"single": []})["single"]}
+    base = _cells(rows.get("vanilla", {"single": []}))
     for name, r in rows.items():
         for s in r["single"]:
             b = base.get(s["prompt_tokens"])
@@ -87,7 +92,7 @@ def e2e_speedups(e2e: dict) -> list[dict]:
     rows = {r["setting"]: r for r in e2e["rows"]}
     if "vanilla" not in rows or not rows["vanilla"]["single"]:
         return []
-    base = {s["prompt_tokens"]: s for s in rows["vanilla"]["single"]}
+    base = _cells(rows["vanilla"])
     out = []
     for name, r in rows.items():
         common = [s for s in r["single"] if s["prompt_tokens"] in base]
@@ -148,7 +153,7 @@ def layer_mix_estimate(e2e: dict) -> list[dict]:
     if n is None or "vanilla" not in rows:
         return []
     refs = _sliding_references(list(rows), n)
-    van = {s["prompt_tokens"]: s["ttft_s"] for s in rows["vanilla"]["single"]}
+    van = _cells(rows["vanilla"])
     out = []
     for name, r in rows.items():
         if name not in PRESETS:
@@ -158,14 +163,14 @@ def layer_mix_estimate(e2e: dict) -> list[dict]:
         ref = refs.get((c.sliding_window_size, c.keep_first))
         if not 0 < full < n or ref is None:
             continue
-        sld = {s["prompt_tokens"]: s["ttft_s"] for s in rows[ref]["single"]}
+        sld = _cells(rows[ref])
         f = full / n
         for s in r["single"]:
             t = s["prompt_tokens"]
             if t in van and t in sld:
-                est = f * van[t] + (1 - f) * sld[t]
-                out.append({"setting": name, "reference": ref, "prompt_tokens": t, "full_layers": full,
-                            "num_layers": n, "measured_s": s["ttft_s"], "estimate_s": est, "bound": van[t] / est})
+                est = f * van[t]["ttft_s"] + (1 - f) * sld[t]["ttft_s"]
+                out.append({"setting": name, "reference": ref, "prompt_tokens": t, "full_layers": full, "num_layers": n,
+                            "measured_s": s["ttft_s"], "estimate_s": est, "bound": van[t]["ttft_s"] / est})
     return out
 
 
