@@ -8,7 +8,12 @@ latency and the median decode step. Vanilla is the same tool with ``--attention-
 flashinfer``. Prints a table with speed-ups over vanilla and writes JSON (rewritten after each
 setting); each setting's console goes to ``<out stem>.<setting>.log``.
 
+``--rounds N`` runs the whole list N times in turn (A B A B ...), a fresh engine each time, so a
+difference between two settings can be set against the spread between engines of one setting;
+speed-ups then compare within a round, and a last table gives each setting's median and range.
+
     python benchmarks/bench_one_batch.py --settings vanilla,full,sink100-2k,balanced --out one_batch.json
+    python benchmarks/bench_one_batch.py --settings vanilla-no-prefill-graph,full --lengths 32768 --rounds 3
     python benchmarks/bench_one_batch.py --quick
 """
 
@@ -22,6 +27,7 @@ import sys
 import tempfile
 from datetime import date
 from pathlib import Path
+from statistics import median
 
 from bench_e2e import SETTINGS_HELP, VANILLA  # the same settings, as Engine kwargs there
 
@@ -64,17 +70,39 @@ def run_setting(setting: str, a, log_path: Path) -> list[dict]:
 
 
 def table(result: dict) -> list[str]:
-    """Rows per setting and prompt length; speed-ups against the vanilla row of the same length."""
-    base = {r["input_len"]: r for r in result["rows"] if r["run_name"] == "vanilla"}
-    lines = [f"{'setting':16} {'prompt':>7} {'prefill s':>10} {'speed-up':>9} {'decode ms':>10} {'tok/s':>8} "
-             f"{'speed-up':>9}"]
+    """Rows per setting and prompt length; speed-ups against the vanilla row of the same length and round."""
+    base = {(r.get("round", 1), r["input_len"]): r for r in result["rows"] if r["run_name"] == "vanilla"}
+    rounds = len({r.get("round", 1) for r in result["rows"]}) > 1
+    w = max([16, *(len(r["run_name"]) for r in result["rows"])])  # 'vanilla-no-prefill-graph' is 24
+    lines = [f"{'setting':{w}} {'round  ' if rounds else ''}{'prompt':>7} {'prefill s':>10} {'speed-up':>9} "
+             f"{'decode ms':>10} {'tok/s':>8} {'speed-up':>9}"]
     for r in result["rows"]:
-        v = base.get(r["input_len"])
+        v = base.get((r.get("round", 1), r["input_len"]))
         pre = f"{v['prefill_latency'] / r['prefill_latency']:8.2f}x" if v and r is not v else f"{'-':>9}"
         dec = f"{v['median_decode_latency'] / r['median_decode_latency']:8.2f}x" if v and r is not v else f"{'-':>9}"
         tok_s = r["batch_size"] / r["median_decode_latency"]
-        lines.append(f"{r['run_name']:16} {r['input_len']:>7} {r['prefill_latency']:10.3f} {pre} "
+        round_col = f"{r.get('round', 1):<7}" if rounds else ""
+        lines.append(f"{r['run_name']:{w}} {round_col}{r['input_len']:>7} {r['prefill_latency']:10.3f} {pre} "
                      f"{1000 * r['median_decode_latency']:10.3f} {tok_s:8.1f} {dec}")
+    return lines
+
+
+def spread(result: dict) -> list[dict]:
+    """Per setting and prompt length over the rounds: the median decode step and its range (ms)."""
+    cells: dict[tuple[str, int], list[float]] = {}
+    for r in result["rows"]:
+        cells.setdefault((r["run_name"], r["input_len"]), []).append(1000 * r["median_decode_latency"])
+    return [{"setting": name, "prompt": n, "engines": len(ms), "median_ms": median(ms), "min_ms": min(ms),
+             "max_ms": max(ms)} for (name, n), ms in cells.items()]
+
+
+def spread_table(rows: list[dict]) -> list[str]:
+    w = max([16, *(len(r["setting"]) for r in rows)])
+    lines = ["decode step over the rounds (one engine each):",
+             f"{'setting':{w}} {'prompt':>7} {'engines':>8} {'median ms':>10} {'min ms':>8} {'max ms':>8} {'range':>7}"]
+    for r in rows:
+        lines.append(f"{r['setting']:{w}} {r['prompt']:>7} {r['engines']:>8} {r['median_ms']:10.3f} {r['min_ms']:8.3f} "
+                     f"{r['max_ms']:8.3f} {100 * (r['max_ms'] - r['min_ms']) / r['median_ms']:6.1f}%")
     return lines
 
 
@@ -90,11 +118,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="mem_fraction_static (lower than a server's: the prompt is prefilled in one pass, not in chunks)")
     p.add_argument("--extra", default="", help="more one_batch arguments, e.g. '--profile --profile-stage decode'")
     p.add_argument("--quick", action="store_true", help="8K and 32K, 64 decode steps")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the settings list this many times in turn, a fresh engine each (engine-to-engine spread)")
     p.add_argument("--timeout", type=float, default=1200, help="seconds per setting")
     p.add_argument("--bench-command", default=BENCH_COMMAND, help="the wrapped tool (default: %(default)s)")
     p.add_argument("--out", default="one_batch.json", help="JSON file (rewritten after each setting)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
+    settings = a.settings.split(",")
+    repeated = sorted({x for x in settings if settings.count(x) > 1})
+    if repeated:
+        p.error(f"--settings: {', '.join(repeated)} given more than once; to run a setting on several engines "
+                "use --rounds N")
+    if a.rounds < 1:
+        p.error(f"--rounds: {a.rounds}; allowed: 1 or more")
     a.lengths = [8192, 32768] if a.quick else [int(x) for x in a.lengths.split(",")]
     if a.quick:
         a.output_len = 64
@@ -107,17 +144,23 @@ def main(argv: list[str] | None = None) -> int:
                        "tool": "sglang.benchmark.one_batch via python -m swaa_sglang.bench",
                        "prefill": "one forward pass, not chunked", "decode": "median step, CUDA graphs"},
               "rows": [], "failed": {}}
-    for setting in tqdm(a.settings.split(","), desc="settings", disable=a.no_progress):
-        log = out.with_name(f"{out.stem}.{setting}.log")
+    runs = [(k, setting) for k in range(1, a.rounds + 1) for setting in settings]
+    for k, setting in tqdm(runs, desc="settings", disable=a.no_progress):
+        name = setting if a.rounds == 1 else f"{setting}.r{k}"  # log name and failure key
+        log = out.with_name(f"{out.stem}.{name}.log")
         try:
-            result["rows"] += run_setting(setting, a, log)
+            result["rows"] += [{**row, "round": k} for row in run_setting(setting, a, log)]
         except (RuntimeError, subprocess.TimeoutExpired) as e:
-            result["failed"][setting] = str(e)
+            result["failed"][name] = str(e)
             print(f"\n{e}", file=sys.stderr)
+        if a.rounds > 1:
+            result["spread"] = spread(result)
         out.write_text(json.dumps(result, indent=1))
     print(f"\n{gpu}, {result['meta']['date']}, {Path(a.model).name}, dummy weights, batch {a.batch_size}, "
           f"{a.output_len} decode steps")
     print("\n".join(table(result)))
+    if a.rounds > 1:
+        print("\n" + "\n".join(spread_table(result["spread"])))
     print(f"wrote {out}")
     return 1 if result["failed"] else 0
 

@@ -78,13 +78,37 @@ def e2e_markdown(e2e: dict) -> list[str]:
             lines.append(f"| {name} | {_k(s['prompt_tokens'])} | {s['ttft_s']:.3f} | {up} | {s['decode_tok_s']:.1f} | {dup} |")
         if r.get("offline"):
             o = r["offline"]
+            up = offline_speedup(o, rows.get("vanilla", {}).get("offline")) if name != "vanilla" else None
             lines.append(f"| {name} | offline {o['requests']} x {_k(o['prompt_tokens'])} -> {o['output_tokens']} | "
-                         f"{o['seconds']:.1f} s total | | {o['output_tok_s']:.1f} | |")
+                         f"{o['seconds']:.1f} s total | | {o['output_tok_s']:.1f} | "
+                         f"{f'{up:.2f}x (output tok/s)' if up else '-'} |")
     lines += ["", "Settings: " + "; ".join(f"`{name}` {_setting_description(name)}" for name in rows) + "."]
+    missing = [name for name in _requested_settings(m.get("argv", [])) if name not in rows]
+    if missing:  # a run cut short (budget, crash) saves the settings it finished: say which are absent
+        lines += ["", "Not measured: " + ", ".join(f"`{name}`" for name in missing)
+                  + " (in the command, no results in the JSON: the run ended before it finished them)."]
     lines += ["", f"Issue 5's goals (Qwen3-4B shape, H100, at 128K; all layers sliding, W=2048, k=100): TTFT >= {TTFT_GOAL}x, "
               f"decode >= {DECODE_E2E_GOAL}x vanilla; balanced: TTFT >= {BALANCED_TTFT_GOAL}x.", ""]
     lines += layer_mix_markdown(e2e)
     return lines
+
+
+def offline_speedup(offline: dict, vanilla: Optional[dict]) -> Optional[float]:
+    """Output tokens/s over vanilla's, when vanilla ran the same offline workload."""
+    same = ("requests", "prompt_tokens", "output_tokens")
+    if not vanilla or any(offline[k] != vanilla[k] for k in same):
+        return None
+    return offline["output_tok_s"] / vanilla["output_tok_s"]
+
+
+def _requested_settings(argv: list[str]) -> list[str]:
+    """The settings bench_e2e was asked for (its --settings value), in order; [] when argv has none."""
+    for i, arg in enumerate(argv):
+        if arg == "--settings" and i + 1 < len(argv):
+            return argv[i + 1].split(",")
+        if arg.startswith("--settings="):
+            return arg.split("=", 1)[1].split(",")
+    return []
 
 
 def e2e_speedups(e2e: dict) -> list[dict]:
@@ -243,8 +267,10 @@ def plot(ops: Optional[dict], e2e: Optional[dict], out: str) -> list[str]:
         if ups:
             names = [u["setting"] for u in ups]
             y = range(len(names))
-            a3.barh([i - 0.2 for i in y], [u["ttft"] for u in ups], height=0.4, label="TTFT")
-            a3.barh([i + 0.2 for i in y], [u["decode"] for u in ups], height=0.4, label="decode tok/s")
+            for shift, key, label in ((-0.2, "ttft", "TTFT"), (0.2, "decode", "decode tok/s")):
+                bars = a3.barh([i + shift for i in y], [u[key] for u in ups], height=0.4, label=label)
+                a3.bar_label(bars, fmt="%.2fx", fontsize=7, padding=2)
+            a3.margins(x=0.12)  # room for the labels
             a3.axvline(1.0, color="gray", lw=0.8)
             a3.set_yticks(list(y))
             a3.set_yticklabels(names, fontsize=8)

@@ -37,10 +37,14 @@ def test_render_bench_computes_ratios_from_the_json(tmp_path):
            "rows": [{"kind": "prefill", "backend": "fa2", "tokens": 131072, "window": 2048, "sinks": 100,
                      "full_ms": 400.0, "window_ms": 10.0, "swaa_ms": 12.0, "swaa_fused_ms": 11.0},
                     {"kind": "decode", "batch": 32, "context": 32768, "full_ms": 1.5, "swaa_ms": 0.1}]}
-    e2e = {"meta": {"gpu": "G", "date": "d", "model": "/x/qwen3-4b", "argv": ["bench_e2e.py"]},
-           "rows": [{"setting": "vanilla", "single": [{"prompt_tokens": 131072, "ttft_s": 15.0, "decode_tok_s": 90.0}]},
+    offline = {"requests": 8, "prompt_tokens": 32768, "output_tokens": 256, "seconds": 16.0}
+    e2e = {"meta": {"gpu": "G", "date": "d", "model": "/x/qwen3-4b",
+                    "argv": ["bench_e2e.py", "--settings", "vanilla,sink100-2k,balanced"]},
+           "rows": [{"setting": "vanilla", "single": [{"prompt_tokens": 131072, "ttft_s": 15.0, "decode_tok_s": 90.0}],
+                     "offline": {**offline, "output_tok_s": 128.0}},
                     {"setting": "sink100-2k", "single": [{"prompt_tokens": 131072, "ttft_s": 2.5,
-                                                          "decode_tok_s": 225.0}]}]}
+                                                          "decode_tok_s": 225.0}],
+                     "offline": {**offline, "seconds": 8.0, "output_tok_s": 256.0}}]}
     (tmp_path / "ops.json").write_text(json.dumps(ops))
     (tmp_path / "e2e.json").write_text(json.dumps(e2e))
     out = tmp_path / "speed"
@@ -52,14 +56,21 @@ def test_render_bench_computes_ratios_from_the_json(tmp_path):
     assert "| fa2 | 128K | 400.00 | 10.00 | 12.00 | 11.00 | 1.100 | 36.4 |" in md
     assert "| 32 x 32K | 1.500 | 0.100 | 15.0 |" in md
     assert "| sink100-2k | 128K | 2.500 | 6.00x | 225.0 | 2.50x |" in md
+    assert "| sink100-2k | offline 8 x 32K -> 256 | 8.0 s total | | 256.0 | 2.00x (output tok/s) |" in md
+    assert "| vanilla | offline 8 x 32K -> 256 | 16.0 s total | | 128.0 | - |" in md
     assert "`sink100-2k` window 2048 + 100 sinks" in md and "`vanilla` SGLang's flashinfer backend" in md
+    # a run cut short: the setting asked for without results is named, the measured ones are not
+    assert "Not measured: `balanced` (in the command" in md and "`sink100-2k`, " not in md.split("Not measured")[1]
     assert r.stdout.count("# Speed: SWAA") == 1  # the table is printed once
     assert (tmp_path / "speed_ops.png").stat().st_size > 1000 and (tmp_path / "speed_e2e.png").stat().st_size > 1000
     sys.path.insert(0, str(BENCH))
     try:
-        from render_bench import e2e_speedups
+        from render_bench import e2e_speedups, offline_speedup
     finally:
         sys.path.remove(str(BENCH))
+    # offline speed-up only against vanilla's same workload
+    assert offline_speedup({**offline, "requests": 16, "output_tok_s": 300.0}, {**offline, "output_tok_s": 100.0}) is None
+    assert offline_speedup({**offline, "output_tok_s": 300.0}, {**offline, "output_tok_s": 100.0}) == 3.0
     # the bars: each setting at the longest prompt vanilla also ran (8K here; 128K has no vanilla row)
     e2e["rows"][0]["single"] = [{"prompt_tokens": 8192, "ttft_s": 0.2, "decode_tok_s": 100.0}]
     e2e["rows"][1]["single"].insert(0, {"prompt_tokens": 8192, "ttft_s": 0.1, "decode_tok_s": 110.0})
@@ -306,7 +317,7 @@ def test_e2e_decode_rate_comes_from_the_same_streamed_request():
 
 
 FAKE_ONE_BATCH = r'''
-import json, sys
+import json, os, pathlib, sys
 a = sys.argv[1:]
 name = a[a.index("--run-name") + 1]
 lens = []
@@ -315,13 +326,21 @@ while i < len(a) and not a[i].startswith("--"):
     lens.append(int(a[i])); i += 1
 if name == "broken":
     print("Traceback: the engine could not start"); sys.exit(3)
-assert ("--attention-backend" in a) == (name == "vanilla") and ("--swaa-preset" in a) != (name == "vanilla")
+stock = name.startswith("vanilla")  # vanilla, vanilla-no-prefill-graph: SGLang's flashinfer backend
+assert ("--attention-backend" in a) == stock and ("--swaa-preset" in a) != stock
+assert ("--disable-prefill-cuda-graph" in a) == (name == "vanilla-no-prefill-graph")
 fast = name != "vanilla"
+slower = 0.0  # FAKE_COUNTER: each start of the tool is 0.1 ms slower per step than the one before
+if os.environ.get("FAKE_COUNTER"):
+    c = pathlib.Path(os.environ["FAKE_COUNTER"])
+    starts = int(c.read_text()) if c.exists() else 0
+    c.write_text(str(starts + 1))
+    slower = starts * 1e-4
 with open(a[a.index("--result-filename") + 1], "a") as f:
     for n in lens:
         f.write(json.dumps({"run_name": name, "batch_size": 1, "input_len": n, "output_len": 16,
                             "prefill_latency": n / 1e4 / (4 if fast else 1),
-                            "median_decode_latency": 0.004 if fast else 0.005}) + "\n")
+                            "median_decode_latency": (0.004 if fast else 0.005) + slower}) + "\n")
 '''
 
 
@@ -343,6 +362,42 @@ def test_bench_one_batch_runs_each_setting_and_computes_speedups(tmp_path):
     assert (tmp_path / "ob.broken.log").read_text().startswith("$ ")
     line = next(x for x in r.stdout.splitlines() if x.startswith("balanced") and "131072" in x)
     assert line.split() == ["balanced", "131072", "3.277", "4.00x", "4.000", "250.0", "1.25x"]
+
+
+def test_bench_one_batch_rounds_alternate_settings_and_report_the_spread(tmp_path):
+    """--rounds 3: A B A B A B, one process each; speed-ups within a round; per setting the median
+    step and its range over the engines (the fake slows 0.1 ms per start: hand-checked numbers)."""
+    fake = tmp_path / "fake_one_batch.py"
+    fake.write_text(FAKE_ONE_BATCH)
+    out = tmp_path / "ob.json"
+    cmd = [sys.executable, str(BENCH / "bench_one_batch.py"), "--lengths", "32768", "--no-progress",
+           "--bench-command", f"{sys.executable} {fake}", "--out", str(out)]
+    env = {**os.environ, "FAKE_COUNTER": str(tmp_path / "starts")}
+    r = subprocess.run([*cmd, "--settings", "vanilla,vanilla-no-prefill-graph", "--rounds", "3"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    result = json.loads(out.read_text())
+    # starts 0..5 in order: vanilla r1, other r1, vanilla r2, ...
+    assert [(x["run_name"], x["round"], round(1000 * x["median_decode_latency"], 3)) for x in result["rows"]] == [
+        ("vanilla", 1, 5.0), ("vanilla-no-prefill-graph", 1, 4.1), ("vanilla", 2, 5.2),
+        ("vanilla-no-prefill-graph", 2, 4.3), ("vanilla", 3, 5.4), ("vanilla-no-prefill-graph", 3, 4.5)]
+    assert {p.name for p in tmp_path.glob("ob.*.log")} == {
+        f"ob.{s}.r{k}.log" for s in ("vanilla", "vanilla-no-prefill-graph") for k in (1, 2, 3)}
+    # round 2: vanilla 5.2 ms against 4.3 ms -> 1.21x (not against round 1's 5.0 ms: 1.16x)
+    line = next(x for x in r.stdout.splitlines() if x.startswith("vanilla-no-prefill-graph 2 "))
+    assert line.split()[-1] == "1.21x"
+    assert result["spread"] == [
+        {"setting": "vanilla", "prompt": 32768, "engines": 3, "median_ms": pytest.approx(5.2), "min_ms": pytest.approx(5.0),
+         "max_ms": pytest.approx(5.4)},
+        {"setting": "vanilla-no-prefill-graph", "prompt": 32768, "engines": 3, "median_ms": pytest.approx(4.3),
+         "min_ms": pytest.approx(4.1), "max_ms": pytest.approx(4.5)}]
+    assert "vanilla-no-prefill-graph   32768        3      4.300    4.100    4.500    9.3%" in r.stdout
+    # a setting named twice is refused before anything runs, pointing at --rounds
+    r = subprocess.run([*cmd, "--settings", "vanilla,full,vanilla"], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 2 and "--settings: vanilla given more than once" in r.stderr and "--rounds" in r.stderr
+    r = subprocess.run([*cmd, "--rounds", "0"], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 2 and "--rounds: 0; allowed: 1 or more" in r.stderr
+    assert int((tmp_path / "starts").read_text()) == 6  # the refused runs started nothing
 
 
 def test_e2e_refuses_lengths_the_model_config_cannot_hold_before_any_engine_starts(monkeypatch):
