@@ -73,7 +73,8 @@ def context_refusal(model: str, needed: int) -> str | None:
     if needed <= limit:
         return None
     return (f"--lengths: the longest prompt plus --decode-tokens and a 64-token margin needs a context of "
-            f"{needed}, but {config} allows {limit} (max_position_embeddings) as SGLang derives it; shorten "
+            f"{needed}, but {config} allows {limit} (SGLang's context length for it: its length keys and rope "
+            f"scaling); shorten "
             f"--lengths, or, for dummy-weight speed runs, set {LONGER_CONTEXT_ENV}=1 (SGLang's own override)")
 
 
@@ -184,7 +185,7 @@ def main() -> None:
     import sglang
 
     result = {"meta": {"gpu": torch.cuda.get_device_name(), "date": date.today().isoformat(), "decode_method": "stream",
-                       "model": a.model, "argv": sys.argv,
+                       "model": a.model, "argv": sys.argv, "settings": a.settings.split(","),
                        LONGER_CONTEXT_ENV: os.environ.get(LONGER_CONTEXT_ENV), "sglang": sglang.__version__,
                        "flashinfer": flashinfer.__version__, "torch": torch.__version__}, "rows": []}
     for setting in a.settings.split(","):

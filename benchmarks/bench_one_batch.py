@@ -5,15 +5,17 @@ loaded) once per setting, each in a fresh process, on a dummy-weight model confi
 goes through SGLang's model runner with no scheduler, its prompt prefilled in one forward pass
 (not chunked), then ``--output-len`` decode steps with CUDA graphs; SGLang reports the prefill
 latency and the median decode step. Vanilla is the same tool with ``--attention-backend
-flashinfer``. Prints a table with speed-ups over vanilla and writes JSON (rewritten after each
-setting); each setting's console goes to ``<out stem>.<setting>.log``.
+flashinfer``. Prints a table with speed-ups over ``--baseline`` (vanilla) and writes JSON
+(rewritten after each engine); each setting's console goes to ``<out stem>.<setting>.log``.
 
 ``--rounds N`` runs the whole list N times in turn (A B A B ...), a fresh engine each time, so a
-difference between two settings can be set against the spread between engines of one setting;
-speed-ups then compare within a round, and a last table gives each setting's median and range.
+difference between two settings can be set against the spread between engines of one setting:
+rows carry their round, speed-ups compare within a round, logs are ``<out stem>.<setting>.r<k>.log``,
+and a last table gives each setting's median step, its range and its median speed-up.
 
     python benchmarks/bench_one_batch.py --settings vanilla,full,sink100-2k,balanced --out one_batch.json
-    python benchmarks/bench_one_batch.py --settings vanilla-no-prefill-graph,full --lengths 32768 --rounds 3
+    python benchmarks/bench_one_batch.py --settings vanilla-no-prefill-graph,full --baseline vanilla-no-prefill-graph \
+        --lengths 32768 --rounds 3
     python benchmarks/bench_one_batch.py --quick
 """
 
@@ -69,10 +71,16 @@ def run_setting(setting: str, a, log_path: Path) -> list[dict]:
     return rows
 
 
+def _baseline_rows(result: dict) -> dict[tuple[int, int], dict]:
+    """(round, prompt length) -> the baseline setting's row."""
+    b = result["meta"].get("baseline", "vanilla")
+    return {(r.get("round", 1), r["input_len"]): r for r in result["rows"] if r["run_name"] == b}
+
+
 def table(result: dict) -> list[str]:
-    """Rows per setting and prompt length; speed-ups against the vanilla row of the same length and round."""
-    base = {(r.get("round", 1), r["input_len"]): r for r in result["rows"] if r["run_name"] == "vanilla"}
-    rounds = len({r.get("round", 1) for r in result["rows"]}) > 1
+    """Rows per setting and prompt length; speed-ups against the baseline's row of the same length and round."""
+    base = _baseline_rows(result)
+    rounds = result["meta"].get("rounds", 1) > 1
     w = max([16, *(len(r["run_name"]) for r in result["rows"])])  # 'vanilla-no-prefill-graph' is 24
     lines = [f"{'setting':{w}} {'round  ' if rounds else ''}{'prompt':>7} {'prefill s':>10} {'speed-up':>9} "
              f"{'decode ms':>10} {'tok/s':>8} {'speed-up':>9}"]
@@ -88,21 +96,33 @@ def table(result: dict) -> list[str]:
 
 
 def spread(result: dict) -> list[dict]:
-    """Per setting and prompt length over the rounds: the median decode step and its range (ms)."""
+    """Per setting and prompt length over the rounds: the median decode step, its range (ms), and the
+    median of the per-round decode speed-ups over the baseline (None where no round has both)."""
+    base = _baseline_rows(result)
     cells: dict[tuple[str, int], list[float]] = {}
+    ups: dict[tuple[str, int], list[float]] = {}
     for r in result["rows"]:
-        cells.setdefault((r["run_name"], r["input_len"]), []).append(1000 * r["median_decode_latency"])
+        key = (r["run_name"], r["input_len"])
+        cells.setdefault(key, []).append(1000 * r["median_decode_latency"])
+        b = base.get((r.get("round", 1), r["input_len"]))
+        if b is not None and b is not r:
+            ups.setdefault(key, []).append(b["median_decode_latency"] / r["median_decode_latency"])
     return [{"setting": name, "prompt": n, "engines": len(ms), "median_ms": median(ms), "min_ms": min(ms),
-             "max_ms": max(ms)} for (name, n), ms in cells.items()]
+             "max_ms": max(ms), "median_speedup": median(ups[name, n]) if (name, n) in ups else None}
+            for (name, n), ms in cells.items()]
 
 
-def spread_table(rows: list[dict]) -> list[str]:
+def spread_table(rows: list[dict], baseline: str) -> list[str]:
     w = max([16, *(len(r["setting"]) for r in rows)])
-    lines = ["decode step over the rounds (one engine each):",
-             f"{'setting':{w}} {'prompt':>7} {'engines':>8} {'median ms':>10} {'min ms':>8} {'max ms':>8} {'range':>7}"]
+    lines = [f"decode step over the rounds (one engine each; speed-up: median over rounds, against {baseline}):",
+             f"{'setting':{w}} {'prompt':>7} {'engines':>8} {'median ms':>10} {'min ms':>8} {'max ms':>8} {'range':>7} "
+             f"{'speed-up':>9}"]
     for r in rows:
+        # one engine has no range to show: '-' rather than a 0.0% that would read as perfectly steady
+        rng = f"{100 * (r['max_ms'] - r['min_ms']) / r['median_ms']:6.1f}%" if r["engines"] > 1 else f"{'-':>7}"
+        up = f"{r['median_speedup']:8.2f}x" if r["median_speedup"] else f"{'-':>9}"
         lines.append(f"{r['setting']:{w}} {r['prompt']:>7} {r['engines']:>8} {r['median_ms']:10.3f} {r['min_ms']:8.3f} "
-                     f"{r['max_ms']:8.3f} {100 * (r['max_ms'] - r['min_ms']) / r['median_ms']:6.1f}%")
+                     f"{r['max_ms']:8.3f} {rng} {up}")
     return lines
 
 
@@ -120,9 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="8K and 32K, 64 decode steps")
     p.add_argument("--rounds", type=int, default=1,
                    help="run the settings list this many times in turn, a fresh engine each (engine-to-engine spread)")
-    p.add_argument("--timeout", type=float, default=1200, help="seconds per setting")
+    p.add_argument("--baseline", default="vanilla",
+                   help="the setting the speed-ups are measured against (a run without vanilla shows none)")
+    p.add_argument("--timeout", type=float, default=1200, help="seconds per engine (one setting, one round)")
     p.add_argument("--bench-command", default=BENCH_COMMAND, help="the wrapped tool (default: %(default)s)")
-    p.add_argument("--out", default="one_batch.json", help="JSON file (rewritten after each setting)")
+    p.add_argument("--out", default="one_batch.json", help="JSON file (rewritten after each engine)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     settings = a.settings.split(",")
@@ -132,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                 "use --rounds N")
     if a.rounds < 1:
         p.error(f"--rounds: {a.rounds}; allowed: 1 or more")
+    if a.baseline != "vanilla" and a.baseline not in settings:  # vanilla: the default, optional in a run
+        p.error(f"--baseline: {a.baseline!r} is not among --settings ({', '.join(settings)})")
     a.lengths = [8192, 32768] if a.quick else [int(x) for x in a.lengths.split(",")]
     if a.quick:
         a.output_len = 64
@@ -142,14 +166,16 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     result = {"meta": {"gpu": gpu, "date": date.today().isoformat(), "model": a.model, "argv": sys.argv,
                        "tool": "sglang.benchmark.one_batch via python -m swaa_sglang.bench",
-                       "prefill": "one forward pass, not chunked", "decode": "median step, CUDA graphs"},
+                       "prefill": "one forward pass, not chunked", "decode": "median step, CUDA graphs",
+                       "baseline": a.baseline, "rounds": a.rounds},
               "rows": [], "failed": {}}
     runs = [(k, setting) for k in range(1, a.rounds + 1) for setting in settings]
-    for k, setting in tqdm(runs, desc="settings", disable=a.no_progress):
+    for k, setting in tqdm(runs, desc="engines", disable=a.no_progress):
         name = setting if a.rounds == 1 else f"{setting}.r{k}"  # log name and failure key
         log = out.with_name(f"{out.stem}.{name}.log")
         try:
-            result["rows"] += [{**row, "round": k} for row in run_setting(setting, a, log)]
+            rows = run_setting(setting, a, log)
+            result["rows"] += [{**row, "round": k} for row in rows] if a.rounds > 1 else rows
         except (RuntimeError, subprocess.TimeoutExpired) as e:
             result["failed"][name] = str(e)
             print(f"\n{e}", file=sys.stderr)
@@ -160,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{a.output_len} decode steps")
     print("\n".join(table(result)))
     if a.rounds > 1:
-        print("\n" + "\n".join(spread_table(result["spread"])))
+        print("\n" + "\n".join(spread_table(result["spread"], a.baseline)))
     print(f"wrote {out}")
     return 1 if result["failed"] else 0
 

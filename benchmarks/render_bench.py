@@ -83,7 +83,8 @@ def e2e_markdown(e2e: dict) -> list[str]:
                          f"{o['seconds']:.1f} s total | | {o['output_tok_s']:.1f} | "
                          f"{f'{up:.2f}x (output tok/s)' if up else '-'} |")
     lines += ["", "Settings: " + "; ".join(f"`{name}` {_setting_description(name)}" for name in rows) + "."]
-    missing = [name for name in _requested_settings(m.get("argv", [])) if name not in rows]
+    # the parsed list (bench_e2e writes it since session 10), else the --settings value in argv
+    missing = [name for name in m.get("settings") or _requested_settings(m.get("argv", [])) if name not in rows]
     if missing:  # a run cut short (budget, crash) saves the settings it finished: say which are absent
         lines += ["", "Not measured: " + ", ".join(f"`{name}`" for name in missing)
                   + " (in the command, no results in the JSON: the run ended before it finished them)."]
@@ -102,7 +103,8 @@ def offline_speedup(offline: dict, vanilla: Optional[dict]) -> Optional[float]:
 
 
 def _requested_settings(argv: list[str]) -> list[str]:
-    """The settings bench_e2e was asked for (its --settings value), in order; [] when argv has none."""
+    """The settings an older bench_e2e JSON was asked for (its --settings value in argv), in order; []
+    when argv has none (bench_e2e's defaults are not guessed here)."""
     for i, arg in enumerate(argv):
         if arg == "--settings" and i + 1 < len(argv):
             return argv[i + 1].split(",")
@@ -271,10 +273,10 @@ def plot(ops: Optional[dict], e2e: Optional[dict], out: str) -> list[str]:
                 bars = a3.barh([i + shift for i in y], [u[key] for u in ups], height=0.4, label=label)
                 a3.bar_label(bars, fmt="%.2fx", fontsize=7, padding=2)
             a3.margins(x=0.12)  # room for the labels
+            a3.set_ylim(max(len(names), 3) - 0.5, -0.5)  # top down; one or two settings keep slim bars
             a3.axvline(1.0, color="gray", lw=0.8)
             a3.set_yticks(list(y))
             a3.set_yticklabels(names, fontsize=8)
-            a3.invert_yaxis()
             at = {u["prompt_tokens"] for u in ups}
             a3.set(xlabel="x vanilla", title="speed-up over vanilla at " + (_k(at.pop()) if len(at) == 1 else
                                                                           "each setting's longest prompt"))

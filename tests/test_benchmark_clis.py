@@ -61,6 +61,16 @@ def test_render_bench_computes_ratios_from_the_json(tmp_path):
     assert "`sink100-2k` window 2048 + 100 sinks" in md and "`vanilla` SGLang's flashinfer backend" in md
     # a run cut short: the setting asked for without results is named, the measured ones are not
     assert "Not measured: `balanced` (in the command" in md and "`sink100-2k`, " not in md.split("Not measured")[1]
+    sys.path.insert(0, str(BENCH))
+    try:
+        from render_bench import e2e_markdown
+    finally:
+        sys.path.remove(str(BENCH))
+    # the parsed list bench_e2e now records wins over argv (which may lack --settings: the defaults)
+    e2e_now = {**e2e, "meta": {**e2e["meta"], "argv": ["bench_e2e.py"], "settings": ["vanilla", "window-2k"]}}
+    assert "Not measured: `window-2k` (in the command" in "\n".join(e2e_markdown(e2e_now))
+    e2e_all = {**e2e, "meta": {**e2e["meta"], "argv": ["bench_e2e.py", "--settings=vanilla,sink100-2k"]}}
+    assert "Not measured" not in "\n".join(e2e_markdown(e2e_all))
     assert r.stdout.count("# Speed: SWAA") == 1  # the table is printed once
     assert (tmp_path / "speed_ops.png").stat().st_size > 1000 and (tmp_path / "speed_e2e.png").stat().st_size > 1000
     sys.path.insert(0, str(BENCH))
@@ -357,6 +367,7 @@ def test_bench_one_batch_runs_each_setting_and_computes_speedups(tmp_path):
     result = json.loads(out.read_text())
     assert [(x["run_name"], x["input_len"]) for x in result["rows"]] == [
         ("vanilla", 8192), ("vanilla", 131072), ("balanced", 8192), ("balanced", 131072)]
+    assert all("round" not in x for x in result["rows"]) and "spread" not in result  # one round: rows as SGLang wrote them
     assert "broken: one_batch exited 3 with 0 result rows" in result["failed"]["broken"]
     assert "the engine could not start" in result["failed"]["broken"]
     assert (tmp_path / "ob.broken.log").read_text().startswith("$ ")
@@ -386,18 +397,34 @@ def test_bench_one_batch_rounds_alternate_settings_and_report_the_spread(tmp_pat
     # round 2: vanilla 5.2 ms against 4.3 ms -> 1.21x (not against round 1's 5.0 ms: 1.16x)
     line = next(x for x in r.stdout.splitlines() if x.startswith("vanilla-no-prefill-graph 2 "))
     assert line.split()[-1] == "1.21x"
+    # per-round speed-ups 5.0/4.1, 5.2/4.3, 5.4/4.5: median 5.2/4.3
     assert result["spread"] == [
         {"setting": "vanilla", "prompt": 32768, "engines": 3, "median_ms": pytest.approx(5.2), "min_ms": pytest.approx(5.0),
-         "max_ms": pytest.approx(5.4)},
+         "max_ms": pytest.approx(5.4), "median_speedup": None},
         {"setting": "vanilla-no-prefill-graph", "prompt": 32768, "engines": 3, "median_ms": pytest.approx(4.3),
-         "min_ms": pytest.approx(4.1), "max_ms": pytest.approx(4.5)}]
-    assert "vanilla-no-prefill-graph   32768        3      4.300    4.100    4.500    9.3%" in r.stdout
+         "min_ms": pytest.approx(4.1), "max_ms": pytest.approx(4.5), "median_speedup": pytest.approx(5.2 / 4.3)}]
+    assert "vanilla-no-prefill-graph   32768        3      4.300    4.100    4.500    9.3%     1.21x" in r.stdout
+    # --baseline: speed-ups against another setting, within each round (starts 6-9; both settings are
+    # 4.0 ms in the fake, plus 0.1 ms per start)
+    r = subprocess.run([*cmd, "--settings", "vanilla-no-prefill-graph,full", "--baseline", "vanilla-no-prefill-graph",
+                        "--rounds", "2"], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    result = json.loads(out.read_text())
+    assert result["meta"]["baseline"] == "vanilla-no-prefill-graph"
+    full = next(x for x in result["spread"] if x["setting"] == "full")
+    # round 1: 4.6 ms (start 6) against 4.7 ms (start 7); round 2: 4.8 against 4.9
+    assert full["median_speedup"] == pytest.approx(((4.6 / 4.7) + (4.8 / 4.9)) / 2)
+    line = next(x for x in r.stdout.splitlines() if x.startswith("full ") and " 2 " in x[:30])
+    assert line.split()[-1] == f"{4.8 / 4.9:.2f}x"
     # a setting named twice is refused before anything runs, pointing at --rounds
     r = subprocess.run([*cmd, "--settings", "vanilla,full,vanilla"], capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 2 and "--settings: vanilla given more than once" in r.stderr and "--rounds" in r.stderr
     r = subprocess.run([*cmd, "--rounds", "0"], capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 2 and "--rounds: 0; allowed: 1 or more" in r.stderr
-    assert int((tmp_path / "starts").read_text()) == 6  # the refused runs started nothing
+    r = subprocess.run([*cmd, "--settings", "full", "--baseline", "balanced"], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert r.returncode == 2 and "--baseline: 'balanced' is not among --settings (full)" in r.stderr
+    assert int((tmp_path / "starts").read_text()) == 10  # the refused runs started nothing
 
 
 def test_e2e_refuses_lengths_the_model_config_cannot_hold_before_any_engine_starts(monkeypatch):
@@ -408,7 +435,7 @@ def test_e2e_refuses_lengths_the_model_config_cannot_hold_before_any_engine_star
                        capture_output=True, text=True, timeout=300,
                        env={k: v for k, v in os.environ.items() if k != "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN"})
     assert r.returncode == 2
-    assert "needs a context of 131392" in r.stderr and "allows 131072 (max_position_embeddings)" in r.stderr
+    assert "needs a context of 131392" in r.stderr and "allows 131072 (SGLang's context length for it" in r.stderr
     assert "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1" in r.stderr
     sys.path.insert(0, str(BENCH))
     try:
