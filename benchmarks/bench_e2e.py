@@ -184,11 +184,12 @@ def main() -> None:
     import flashinfer
     import sglang
 
+    settings = a.settings.split(",")
     result = {"meta": {"gpu": torch.cuda.get_device_name(), "date": date.today().isoformat(), "decode_method": "stream",
-                       "model": a.model, "argv": sys.argv, "settings": a.settings.split(","),
+                       "model": a.model, "argv": sys.argv, "settings": settings,
                        LONGER_CONTEXT_ENV: os.environ.get(LONGER_CONTEXT_ENV), "sglang": sglang.__version__,
                        "flashinfer": flashinfer.__version__, "torch": torch.__version__}, "rows": []}
-    for setting in a.settings.split(","):
+    for setting in settings:
         result["rows"].append(measure(setting, a))
         if a.out:
             Path(a.out).write_text(json.dumps(result, indent=1))

@@ -77,6 +77,12 @@ def _baseline_rows(result: dict) -> dict[tuple[int, int], dict]:
     return {(r.get("round", 1), r["input_len"]): r for r in result["rows"] if r["run_name"] == b}
 
 
+def _baseline_of(row: dict, base: dict[tuple[int, int], dict]) -> dict | None:
+    """The baseline row the row compares against (same round and length); None for the baseline itself."""
+    b = base.get((row.get("round", 1), row["input_len"]))
+    return None if b is row else b
+
+
 def table(result: dict) -> list[str]:
     """Rows per setting and prompt length; speed-ups against the baseline's row of the same length and round."""
     base = _baseline_rows(result)
@@ -85,9 +91,9 @@ def table(result: dict) -> list[str]:
     lines = [f"{'setting':{w}} {'round  ' if rounds else ''}{'prompt':>7} {'prefill s':>10} {'speed-up':>9} "
              f"{'decode ms':>10} {'tok/s':>8} {'speed-up':>9}"]
     for r in result["rows"]:
-        v = base.get((r.get("round", 1), r["input_len"]))
-        pre = f"{v['prefill_latency'] / r['prefill_latency']:8.2f}x" if v and r is not v else f"{'-':>9}"
-        dec = f"{v['median_decode_latency'] / r['median_decode_latency']:8.2f}x" if v and r is not v else f"{'-':>9}"
+        v = _baseline_of(r, base)
+        pre = f"{v['prefill_latency'] / r['prefill_latency']:8.2f}x" if v else f"{'-':>9}"
+        dec = f"{v['median_decode_latency'] / r['median_decode_latency']:8.2f}x" if v else f"{'-':>9}"
         tok_s = r["batch_size"] / r["median_decode_latency"]
         round_col = f"{r.get('round', 1):<7}" if rounds else ""
         lines.append(f"{r['run_name']:{w}} {round_col}{r['input_len']:>7} {r['prefill_latency']:10.3f} {pre} "
@@ -104,8 +110,8 @@ def spread(result: dict) -> list[dict]:
     for r in result["rows"]:
         key = (r["run_name"], r["input_len"])
         cells.setdefault(key, []).append(1000 * r["median_decode_latency"])
-        b = base.get((r.get("round", 1), r["input_len"]))
-        if b is not None and b is not r:
+        b = _baseline_of(r, base)
+        if b is not None:
             ups.setdefault(key, []).append(b["median_decode_latency"] / r["median_decode_latency"])
     return [{"setting": name, "prompt": n, "engines": len(ms), "median_ms": median(ms), "min_ms": min(ms),
              "max_ms": max(ms), "median_speedup": median(ups[name, n]) if (name, n) in ups else None}
