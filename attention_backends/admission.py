@@ -14,7 +14,7 @@ A decoding request owns about ``decode_swa_headroom`` SWA slots at most beyond i
 window of decode tokens plus what SGLang frees only every ``SGLANG_SWA_EVICTION_INTERVAL``
 decode iterations); what it may still add is that minus what it owns now, and never more than
 it has left to decode. Hooks on ``PrefillAdder`` (installed by the plugin; no-ops unless the
-tree cache is :class:`~attention_backends.eviction.SWAASinkRadixCache`) charge it:
+tree cache is :class:`~attention_backends.radix_cache.SWAASinkRadixCache`) charge it:
 
 * AFTER ``__init__``: the growth of every running request, into ``rem_swa_token_offset``;
 * BEFORE ``add_chunked_req``: the growth of the request being prefilled in chunks (it is not in

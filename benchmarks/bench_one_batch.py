@@ -1,6 +1,6 @@
 """SGLang's own one-batch benchmark per setting: prefill latency and decode step, SWAA against vanilla (GPU).
 
-Runs ``python -m swaa_sglang.bench one_batch`` (``sglang.benchmark.one_batch`` with the plugin
+Runs ``python -m swaa_sglang.serving.bench one_batch`` (``sglang.benchmark.one_batch`` with the plugin
 loaded) once per setting, each in a fresh process, on a dummy-weight model config: one batch
 goes through SGLang's model runner with no scheduler, its prompt prefilled in one forward pass
 (not chunked), then ``--output-len`` decode steps with CUDA graphs; SGLang reports the prefill
@@ -34,7 +34,7 @@ from statistics import median
 from bench_e2e import SETTINGS_HELP, VANILLA  # the same settings, as Engine kwargs there
 
 HERE = Path(__file__).resolve().parent
-BENCH_COMMAND = f"{sys.executable} -m swaa_sglang.bench one_batch"
+BENCH_COMMAND = f"{sys.executable} -m swaa_sglang.serving.bench one_batch"
 
 
 def backend_args(setting: str) -> list[str]:
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     out = Path(a.out)
     result = {"meta": {"gpu": gpu, "date": date.today().isoformat(), "model": a.model, "argv": sys.argv,
-                       "tool": "sglang.benchmark.one_batch via python -m swaa_sglang.bench",
+                       "tool": "sglang.benchmark.one_batch via python -m swaa_sglang.serving.bench",
                        "prefill": "one forward pass, not chunked", "decode": "median step, CUDA graphs",
                        "baseline": a.baseline, "rounds": a.rounds},
               "rows": [], "failed": {}}

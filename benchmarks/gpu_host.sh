@@ -51,7 +51,7 @@ for step in $steps; do
     eviction)    pytest_step gpu_eviction tests/test_gpu_eviction.py ;;
     determinism) pytest_step gpu_determinism tests/test_gpu_determinism.py ;;
     e2e)         logged e2e python3 benchmarks/bench_e2e.py ${E2E_ARGS:-} --out "$SWAA_RESULTS_DIR/e2e$tag.json" ;;
-    onebatch)    # SGLang's own one-batch benchmark per setting (python -m swaa_sglang.bench one_batch); ONEBATCH_ARGS
+    onebatch)    # SGLang's own one-batch benchmark per setting (python -m swaa_sglang.serving.bench one_batch); ONEBATCH_ARGS
                  logged one_batch python3 benchmarks/bench_one_batch.py --no-progress ${ONEBATCH_ARGS:-} --out "$SWAA_RESULTS_DIR/one_batch$tag.json" ;;
     soak)        logged soak python3 benchmarks/soak.py --launch "$server ${SOAK_ARGS:-}" --server-log "$SWAA_RESULTS_DIR/soak_server$tag.log" ${SOAK_CLIENT_ARGS:---requests 1000 --concurrency 64} --out "$SWAA_RESULTS_DIR/soak$tag.json" ;;
     faults)      logged faults python3 benchmarks/soak.py --faults --launch "$server --context-length 40960 ${SOAK_ARGS:-}" --server-log "$SWAA_RESULTS_DIR/faults_server$tag.log" ${FAULT_ARGS:---rounds 2} --out "$SWAA_RESULTS_DIR/faults$tag.json" ;;

@@ -53,7 +53,7 @@ from sglang.srt.mem_cache.swa_radix_cache import SWARadixCache
 from sglang.srt.sampling.sampling_params import SamplingParams
 
 from attention_backends.admission import owned_swa_slots
-from attention_backends.eviction import SWAASinkRadixCache, sink_floor
+from attention_backends.radix_cache import SWAASinkRadixCache, sink_floor
 import sglang.srt.managers.schedule_policy as _sp
 _sp.is_dsa_prefill_cp_in_seq_split = lambda: False
 _sp.is_prefill_context_parallel_enabled = lambda: False

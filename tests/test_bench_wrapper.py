@@ -1,4 +1,4 @@
-"""``python -m swaa_sglang.bench``: SGLang's own benchmark tools with the plugin loaded (CPU, fresh processes).
+"""``python -m swaa_sglang.serving.bench``: SGLang's own benchmark tools with the plugin loaded (CPU, fresh processes).
 
 The tools themselves need a GPU; here: the arguments reach both SGLang's ServerArgs (SWAA config
 folded into the override, backend 'swaa' by default, vanilla when asked) and the tool's BenchArgs,
@@ -19,7 +19,7 @@ CPU = ["--model-path", QWEN3_CONFIG, "--load-format", "dummy", "--device", "cpu"
 
 _PARSE = (
     "import dataclasses, json, sys\n"
-    "from swaa_sglang.bench import build_parser\n"
+    "from swaa_sglang.serving.bench import build_parser\n"
     "from swaa_sglang.launch_server import load_plugin, parse_server_args\n"
     "load_plugin()\n"
     "parser, module = build_parser(sys.argv[1])\n"
@@ -69,12 +69,12 @@ def test_offline_throughput_arguments():
      "error: tokenizer_path: '" + QWEN3_CONFIG + "' has no usable tokenizer"),
 ])
 def test_refusals_name_what_is_wrong(argv, message):
-    r = subprocess.run([sys.executable, "-m", "swaa_sglang.bench", *argv], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-m", "swaa_sglang.serving.bench", *argv], capture_output=True, text=True, timeout=600)
     assert r.returncode != 0 and message in r.stderr, r.stderr[-3000:]
 
 
 def test_help_lists_the_swaa_flags_and_the_tool_arguments():
-    r = subprocess.run([sys.executable, "-m", "swaa_sglang.bench", "one_batch", "--help"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "swaa_sglang.serving.bench", "one_batch", "--help"], capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     for flag in ("--swaa-preset", "--swaa-window", "--input-len", "--output-len", "--profile", "--attention-backend"):

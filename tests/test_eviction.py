@@ -34,7 +34,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attention_backends.eviction import (
+from attention_backends.eviction_policy import (
     freeable_ranges,
     needed_for_prefix,
     needed_ranges,
@@ -115,7 +115,7 @@ from sglang.srt.mem_cache.radix_cache import RadixKey
 from sglang.srt.mem_cache.swa_memory_pool import SWAKVPool
 from sglang.srt.mem_cache.swa_radix_cache import SWARadixCache
 
-from attention_backends.eviction import SWAASinkRadixCache
+from attention_backends.radix_cache import SWAASinkRadixCache
 
 SWA_LAYER, FULL_LAYER = 0, 1  # layer 0: windowed (SWA pool); layer 1: full / FA-decode (full pool)
 
@@ -545,7 +545,7 @@ def test_factory_and_floor_hook():
 
     from sglang.srt.mem_cache.chunk_cache import SWAChunkCache
 
-    from attention_backends.eviction import make_radix_cache_factory, sink_floor_hook
+    from attention_backends.radix_cache import make_radix_cache_factory, sink_floor_hook
 
     sim = Sim(0, window=4, keep_first=3, chunk=4)
     factory = make_radix_cache_factory(3)
@@ -564,7 +564,7 @@ def test_window_frees_are_counted_exactly_and_logged(caplog):
     """The AROUND hook body on SGLang's real free_swa_out_of_window_slots: it counts exactly the SWA
     slots window eviction frees (what the allocator gets back; never the sinks), leaves the allocator
     as it was, and logs the count at most once per interval."""
-    from attention_backends.eviction import WindowFreeCounter, count_window_frees
+    from attention_backends.radix_cache import WindowFreeCounter, count_window_frees
 
     W, k, L = 6, 3, 40
     sim = Sim(0, W, k, 8, full_size=100, swa_size=100)
@@ -580,7 +580,7 @@ def test_window_frees_are_counted_exactly_and_logged(caplog):
 
     def evict(pre_len):
         before = sim.alloc.swa_available_size()
-        with caplog.at_level(logging.INFO, logger="attention_backends.eviction"):
+        with caplog.at_level(logging.INFO, logger="attention_backends.radix_cache"):
             count_window_frees(free_swa_out_of_window_slots, req, pre_len, **kw)
         return sim.alloc.swa_available_size() - before
 

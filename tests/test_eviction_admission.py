@@ -63,7 +63,7 @@ def test_long_requests_beyond_the_swa_lock_budget_are_admitted_by_the_full_pool_
 
 
 def test_the_cache_switches_the_leaf_split_on_and_refuses_an_explicit_off(monkeypatch):
-    from attention_backends.eviction import SPLIT_LEAF_ENV, require_split_leaf_on_insert
+    from attention_backends.radix_cache import SPLIT_LEAF_ENV, require_split_leaf_on_insert
 
     monkeypatch.setenv(SPLIT_LEAF_ENV, "1")  # recorded first, so teardown restores what was there before
     monkeypatch.delenv(SPLIT_LEAF_ENV)
@@ -261,7 +261,7 @@ def test_headroom_is_capped_by_a_small_swa_pool(caplog):
     from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
     from sglang.srt.mem_cache.swa_memory_pool import SWAKVPool
 
-    from attention_backends.eviction import SWAASinkRadixCache
+    from attention_backends.radix_cache import SWAASinkRadixCache
 
     def cache(swa):
         pool = SWAKVPool(size=4096, size_swa=swa, page_size=1, dtype=torch.float32, head_num=1, head_dim=1,
@@ -271,10 +271,10 @@ def test_headroom_is_capped_by_a_small_swa_pool(caplog):
                                                   token_to_kv_pool_allocator=alloc, page_size=1,
                                                   sliding_window_size=63), keep_first=4)
 
-    with caplog.at_level(logging.WARNING, logger="attention_backends.eviction"):
+    with caplog.at_level(logging.WARNING, logger="attention_backends.radix_cache"):
         assert cache(2000).decode_swa_headroom == 63 + 2 * 128 + 1  # SGLang's default interval, 128
-        ours = [r for r in caplog.records if r.name == "attention_backends.eviction"]
+        ours = [r for r in caplog.records if r.name == "attention_backends.radix_cache"]
         assert not ours
         assert cache(200).decode_swa_headroom == 200 - (4 + 63 + 2)
-    ours = [r.getMessage() for r in caplog.records if r.name == "attention_backends.eviction"]
+    ours = [r.getMessage() for r in caplog.records if r.name == "attention_backends.radix_cache"]
     assert len(ours) == 1 and "SWA pool of 200 tokens" in ours[0] and "--swa-full-tokens-ratio" in ours[0]

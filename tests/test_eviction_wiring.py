@@ -12,10 +12,10 @@ import types
 import pytest
 import torch
 
-from attention_backends.registration import ModelFacts, check_model, check_server_args, window_is_ours
+from swaa_sglang.serving.checks import ModelFacts, check_model, check_server_args, window_is_ours
 from swaa_sglang import SWAAConfig
-from swaa_sglang.plugin import suggested_swa_full_tokens_ratio
-from swaa_sglang.server_args import (
+from swaa_sglang.serving.startup_hooks import suggested_swa_full_tokens_ratio
+from swaa_sglang.serving.server_args import (
     add_swaa_args,
     config_from_args,
     hybrid_layer_pattern,
@@ -262,7 +262,7 @@ def test_plugin_registers_cache_backend_and_hooks_in_a_fresh_process():
         "from sglang.srt.mem_cache.registry import get_radix_cache_factory\n"
         "assert get_radix_cache_factory('swaa') is None\n"
         "load_plugins()\n"
-        "from swaa_sglang.plugin import _radix_cache_factory\n"
+        "from swaa_sglang.serving.eviction_hooks import _radix_cache_factory\n"
         "assert get_radix_cache_factory('swaa') is _radix_cache_factory\n"
         "from sglang.srt.managers.schedule_batch import Req\n"
         "assert getattr(Req.__init__, '__wrapped__', None) is not None, 'Req hook not applied'\n"
@@ -274,7 +274,7 @@ def test_plugin_registers_cache_backend_and_hooks_in_a_fresh_process():
         "    name = target.rsplit('.', 1)[1]\n"
         "    assert getattr(getattr(PrefillAdder, name), '__wrapped__', None) is not None, 'admission hook ' + name\n"
         "import sglang.srt.managers.schedule_batch as sb\n"
-        "from swaa_sglang.plugin import WINDOW_FREE_TARGET\n"
+        "from swaa_sglang.serving.eviction_hooks import WINDOW_FREE_TARGET\n"
         "assert WINDOW_FREE_TARGET == sb.__name__ + '.free_swa_out_of_window_slots'\n"
         "assert getattr(sb.free_swa_out_of_window_slots, '__wrapped__', None) is not None, 'window-free counter'\n"
         "print('registered')\n"
@@ -302,8 +302,8 @@ def test_radix_cache_factory_reads_k_from_the_override():
     from sglang.srt.mem_cache.cache_init_params import CacheInitParams
     from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
 
-    from attention_backends.eviction import SWAASinkRadixCache
-    from swaa_sglang.plugin import _radix_cache_factory
+    from attention_backends.radix_cache import SWAASinkRadixCache
+    from swaa_sglang.serving.eviction_hooks import _radix_cache_factory
 
     pool, alloc = _pool()
     params = CacheInitParams(disable=False, req_to_token_pool=ReqToTokenPool(4, 64, "cpu", False),
@@ -321,21 +321,21 @@ def test_radix_cache_factory_reads_k_from_the_override():
 def test_req_floor_hook_follows_the_server_config(monkeypatch):
     import sglang.srt.runtime_context as rc
 
-    from swaa_sglang import plugin
+    from swaa_sglang.serving import eviction_hooks
 
     sa = types.SimpleNamespace(attention_backend="swaa", page_size=1,
                                json_model_override_args=with_config(None, SWAAConfig(8, 5, evict_window=True)))
     monkeypatch.setattr(rc, "get_server_args", lambda: sa)
     req = types.SimpleNamespace(swa_evict_floor=0)
-    plugin._req_sink_floor(None, req)
+    eviction_hooks._req_sink_floor(None, req)
     assert req.swa_evict_floor == 5
     sa.page_size = 4
     req = types.SimpleNamespace(swa_evict_floor=0)
-    plugin._req_sink_floor(None, req)
+    eviction_hooks._req_sink_floor(None, req)
     assert req.swa_evict_floor == 8  # page-ceiled
     sa.json_model_override_args = with_config(None, SWAAConfig(8, 5))  # eviction off: floor untouched
     req = types.SimpleNamespace(swa_evict_floor=0)
-    plugin._req_sink_floor(None, req)
+    eviction_hooks._req_sink_floor(None, req)
     assert req.swa_evict_floor == 0
 
 
@@ -344,8 +344,8 @@ def test_window_free_counter_counts_only_under_swaa_eviction(monkeypatch):
     on; otherwise (eviction off, another backend, no server) it calls SGLang's function untouched."""
     import sglang.srt.runtime_context as rc
 
-    from attention_backends import eviction
-    from swaa_sglang import plugin
+    from attention_backends import radix_cache as eviction
+    from swaa_sglang.serving import eviction_hooks
 
     calls = []
 
@@ -364,12 +364,12 @@ def test_window_free_counter_counts_only_under_swaa_eviction(monkeypatch):
                                json_model_override_args=with_config(None, SWAAConfig(8, 5, evict_window=True)))
     monkeypatch.setattr(rc, "get_server_args", lambda: sa)
     alloc = Allocator()
-    assert plugin._count_window_frees(original, None, 9, token_to_kv_pool_allocator=alloc) == "done"
+    assert eviction_hooks._count_window_frees(original, None, 9, token_to_kv_pool_allocator=alloc) == "done"
     assert counter.total == 3 and calls == [3] and "free_swa" not in vars(alloc)
     for off in (types.SimpleNamespace(**{**vars(sa), "json_model_override_args": with_config(None, SWAAConfig(8, 5))}),
                 types.SimpleNamespace(**{**vars(sa), "attention_backend": "flashinfer"}), None):
         monkeypatch.setattr(rc, "get_server_args", lambda off=off: off)
-        assert plugin._count_window_frees(original, None, 9, token_to_kv_pool_allocator=alloc) == "done"
+        assert eviction_hooks._count_window_frees(original, None, 9, token_to_kv_pool_allocator=alloc) == "done"
     assert counter.total == 3 and calls == [3, 3, 3, 3]
 
 

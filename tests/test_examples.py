@@ -100,7 +100,7 @@ def test_serve_sh_commands(tmp_path, smollm2_path):
     assert line, r.stderr[-3000:]
     backend, override, model, port = json.loads(line[-1][5:])
     from swaa_sglang import preset_config
-    from swaa_sglang.server_args import config_from_override_args
+    from swaa_sglang.serving.server_args import config_from_override_args
 
     assert backend == "swaa" and port == 30123 and model == smollm2_path
     assert config_from_override_args(override) == preset_config("balanced")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from attention_backends.registration import ModelFacts, check_model, check_server_args
+from swaa_sglang.serving.checks import ModelFacts, check_model, check_server_args
 from swaa_sglang import SWAAConfig
-from swaa_sglang.server_args import config_from_override_args, with_config
+from swaa_sglang.serving.server_args import config_from_override_args, with_config
 
 from launcher_subprocess import QWEN3_CONFIG, prepare_in_subprocess
 
@@ -32,7 +32,7 @@ def test_entry_point_registers_backend_in_a_fresh_process():
         "from sglang.srt.plugins.hook_registry import HookRegistry\n"
         "assert 'swaa' not in ATTENTION_BACKENDS\n"
         "load_plugins()\n"
-        "from attention_backends.registration import create_swaa_backend\n"
+        "from swaa_sglang.serving.checks import create_swaa_backend\n"
         "assert ATTENTION_BACKENDS['swaa'] is create_swaa_backend\n"
         "assert 'swaa' in ATTENTION_BACKEND_CHOICES\n"
         "from sglang.srt.server_args import ServerArgs\n"
@@ -89,7 +89,7 @@ def test_sglang_plugins_whitelist_can_exclude_us():
 
 def test_plugin_failure_is_loud(monkeypatch):
     """A registration failure exits the process instead of being logged and swallowed."""
-    import swaa_sglang.plugin as plugin
+    import swaa_sglang.serving.plugin as plugin
 
     def broken():
         raise RuntimeError("boom")
@@ -195,8 +195,8 @@ def test_mixed_chunk_allowed_with_and_without_fa_decode():
 
 def test_mixed_batches_mark_their_generated_rows():
     """The ForwardBatch hook counts ScheduleBatch.decoding_reqs; the backend refuses unmarked mixed batches."""
-    from attention_backends.swaa_flashinfer import mixed_decode_rows
-    from swaa_sglang.plugin import _mark_mixed_decode_rows
+    from attention_backends.backend import mixed_decode_rows
+    from swaa_sglang.serving.batch_marking import _mark_mixed_decode_rows
 
     def fb(mixed: bool):
         return types.SimpleNamespace(forward_mode=types.SimpleNamespace(is_mixed=lambda: mixed))

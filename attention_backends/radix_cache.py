@@ -1,37 +1,17 @@
-"""SWAA window eviction: the keep/free policy, and SGLang 0.5.17's SWA radix cache taught sinks.
+"""SGLang's hybrid-SWA radix cache taught SWAA sinks (:class:`SWAASinkRadixCache`).
 
-Two parts (see ``attention_backends/EVICTION.md`` for the design and the evidence):
+SGLang's ``SWARadixCache`` (hybrid full + SWA pool) keeps only a window per request; SWAA also
+needs the first k tokens. This subclass:
 
-* **Policy** (pure Python, no SGLang): which positions a windowed layer (sliding,
-  no FA decode) must keep for a request, which it may free, and how far a cached
-  prefix whose window KV was partly freed may be reused. Positions follow the
-  visibility rule of ``swaa_sglang.reference``: query ``i`` sees ``j <= i`` with
-  ``i - j < W`` or ``j < k``.
+- never lets a node straddle the sink boundary ``K = ceil(k / page) * page``;
+- SWA-locks the nodes of ``[0, K)`` on every path a request locks ("sink lock"), released in
+  ``dec_lock_ref``, so SWA LRU eviction cannot free sinks something depends on;
+- treats ``[0, K)`` as live on ``insert`` even when the request's ``swa_evicted_seqlen``
+  frontier lies past it (requests carry ``swa_evict_floor = K``, so the sinks were kept);
+- cuts a match back to the first SWA tombstone that starts inside the sinks.
 
-* **SGLang integration**: :class:`SWAASinkRadixCache` extends SGLang's
-  ``SWARadixCache`` (hybrid full + SWA pool) with the sinks it lacks:
-
-  - nodes never straddle the sink boundary ``K = ceil(k / page) * page``;
-  - a request that locks a path also SWA-locks the nodes of ``[0, K)`` on it
-    ("sink lock"), released in ``dec_lock_ref`` (also after SGLang's early
-    window-lock release, which never touches sink locks), so SWA LRU eviction
-    cannot free sinks something depends on;
-  - ``insert`` treats ``[0, K)`` as live even when the request's
-    ``swa_evicted_seqlen`` frontier lies past it (SGLang's frontier assumes
-    everything below it was freed; with ``Req.swa_evict_floor = K`` the sinks
-    were protected instead);
-  - matching is cut back to the first SWA tombstone that starts inside the sinks
-    (SGLang already cuts back for a missing window).
-
-  Requests must carry ``swa_evict_floor = K`` (:func:`sink_floor`) so that
-  SGLang's own ``free_swa_out_of_window_slots`` never frees ``[0, K)``, and the
-  cache must be built with ``sliding_window_size = W - 1`` (SGLang's window is
-  exclusive of the query: :func:`sglang_window`).
-
-  The cache also switches on SGLang's own leaf split on insert
-  (:func:`require_split_leaf_on_insert`): without it a parked long request SWA-locks a
-  whole prefill chunk instead of one window, and more long requests than the SWA pool
-  holds that way retract and re-prefill each other without end (EVICTION.md, "Admission").
+It is built with SGLang's window ``W - 1`` and switches on SGLang's leaf split on insert
+(:func:`require_split_leaf_on_insert`). Design: docs/design/eviction.md.
 """
 
 from __future__ import annotations
@@ -40,114 +20,7 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 
-Range = tuple[int, int]  # half-open [lo, hi)
-
-
-# -- policy (pure) ----------------------------------------------------------------
-def sglang_window(window: int) -> int:
-    """SGLang's ``sliding_window_size`` for a SWAA window of W keys (query included): W - 1.
-
-    ``W = 1`` (each query sees only itself) is refused: SGLang's SWA radix cache takes no
-    SWA lock for a window of 0 but its ``dec_lock_ref`` would then unlock to the root.
-    """
-    if window < 2:
-        raise ValueError(f"sliding_window_size: window eviction needs W >= 2; got {window}")
-    return window - 1
-
-
-def sink_floor(keep_first: int, page_size: int = 1) -> int:
-    """``K``: the sink region rounded up to whole pages (what the pool must never evict)."""
-    if keep_first <= 0:
-        return 0
-    return -(-keep_first // page_size) * page_size
-
-
-def _merge(ranges: Iterable[Range]) -> list[Range]:
-    out: list[Range] = []
-    for lo, hi in sorted(r for r in ranges if r[1] > r[0]):
-        if out and lo <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], hi))
-        else:
-            out.append((lo, hi))
-    return out
-
-
-def needed_ranges(kv_len: int, next_query: int, window: int, keep_first: int) -> list[Range]:
-    """Positions of ``[0, kv_len)`` that a windowed layer still reads.
-
-    ``next_query`` is the smallest position of any query still to run on this request
-    (``kv_len`` in plain decode: the token being decoded; earlier with chunked prefill
-    planned ahead or an in-flight batch). Every later query ``i >= next_query`` reads the
-    sinks ``[0, min(k, i + 1))`` and its window ``(i - W, i]``; their union over the
-    positions already computed is ``[0, min(k, kv_len)) | [max(0, next_query - W + 1), kv_len)``.
-    """
-    if not 0 <= next_query <= kv_len:
-        raise ValueError(f"next_query {next_query} outside [0, {kv_len}]")
-    sinks = (0, min(keep_first, kv_len))
-    win = (max(0, next_query - window + 1), kv_len)
-    return _merge([sinks, win])
-
-
-def freeable_ranges(kv_len: int, next_query: int, window: int, keep_first: int) -> list[Range]:
-    """Complement of :func:`needed_ranges` in ``[0, kv_len)``: at most one range, ``[k, window start)``."""
-    out, pos = [], 0
-    for lo, hi in needed_ranges(kv_len, next_query, window, keep_first):
-        if lo > pos:
-            out.append((pos, lo))
-        pos = hi
-    if pos < kv_len:
-        out.append((pos, kv_len))
-    return out
-
-
-def needed_for_prefix(prefix_len: int, window: int, keep_first: int) -> list[Range]:
-    """KV of a reused prefix ``[0, p)`` that the request's new tokens (positions >= p) read."""
-    return needed_ranges(prefix_len, prefix_len, window, keep_first)
-
-
-def usable_prefix_len(
-    present: Sequence[bool], boundaries: Sequence[int], window: int, keep_first: int
-) -> int:
-    """The cut-back rule: the longest reusable prefix of a cached match.
-
-    ``present[j]`` says whether the windowed-layer KV of position ``j`` of the matched
-    prefix still exists; ``boundaries`` are the lengths a match may be cut to (node
-    boundaries of the radix tree; 0 is always allowed). Returns the largest boundary
-    ``p <= len(present)`` whose :func:`needed_for_prefix` positions are all present.
-    """
-    n = len(present)
-    missing_prefix = [0] * (n + 1)  # missing_prefix[j] = number of absent positions in [0, j)
-    for j, ok in enumerate(present):
-        missing_prefix[j + 1] = missing_prefix[j] + (0 if ok else 1)
-    best = 0
-    for p in boundaries:
-        if not 0 < p <= n or p <= best:
-            continue
-        if all(missing_prefix[hi] == missing_prefix[lo] for lo, hi in needed_for_prefix(p, window, keep_first)):
-            best = p
-    return best
-
-
-def sglang_evicted_frontier(
-    prev_frontier: int, pre_len: int, window: int, page_size: int, protected_len: int, floor: int,
-    chunk_cache: bool = False,
-) -> int:
-    """Where SGLang 0.5.17's ``free_swa_out_of_window_slots`` leaves ``swa_evicted_seqlen``.
-
-    A transcription of ``sglang/srt/mem_cache/common.py:47-95`` for documentation and
-    tests; it frees ``[prev, new)`` where ``prev = max(prev_frontier, floor')``.
-    """
-    w = sglang_window(window)
-    evict_floor = max(protected_len, floor)
-    if page_size > 1 and evict_floor > protected_len:
-        evict_floor = -(-evict_floor // page_size) * page_size
-    prev = max(prev_frontier, evict_floor)
-    threshold = pre_len - w if chunk_cache else pre_len - max(w, page_size)
-    new = max(prev, threshold)
-    if page_size > 1:
-        new = (new // page_size) * page_size
-    return max(new, prev)
-
+from .eviction_policy import sglang_window, sink_floor  # noqa: F401  (re-exported for the cache's users)
 
 # -- SGLang 0.5.17 integration ------------------------------------------------------
 try:  # the policy above must stay importable without SGLang
@@ -191,7 +64,7 @@ def require_split_leaf_on_insert() -> None:
     elif not flag.get():
         raise ValueError(
             f"{SPLIT_LEAF_ENV}={os.environ[SPLIT_LEAF_ENV]!r}: window eviction needs SGLang's leaf split on insert "
-            f"(unset it or set it to 1); without it long requests retract each other without end (EVICTION.md)"
+            f"(unset it or set it to 1); without it long requests retract each other without end (docs/design/eviction.md)"
         )
 
 
@@ -213,7 +86,7 @@ class SWAASinkRadixCache(SWARadixCache):  # type: ignore[misc,valid-type]
         if isinstance(params.token_to_kv_pool_allocator, PureSWATokenToKVPoolAllocator):
             raise ValueError(
                 "SWAASinkRadixCache needs the hybrid (full + SWA) allocator; SGLang chose the all-SWA "
-                "allocator because no layer keeps full KV (see EVICTION.md, 'all layers windowed')"
+                "allocator because no layer keeps full KV (see docs/design/eviction.md, 'all layers windowed')"
             )
         require_split_leaf_on_insert()
         self.keep_first = keep_first
@@ -361,7 +234,7 @@ def make_radix_cache_factory(keep_first: int):
 
     The window comes from ``ctx.params.sliding_window_size``, i.e. the model runner's
     ``sliding_window_size``; the HF-config override must therefore set the window to
-    W - 1 (see EVICTION.md). With ``--disable-radix-cache`` it builds SGLang's
+    W - 1 (see docs/design/eviction.md). With ``--disable-radix-cache`` it builds SGLang's
     ``SWAChunkCache`` (as the default chain does), which honours ``swa_evict_floor``
     and needs nothing more for sinks.
     """
@@ -376,7 +249,7 @@ def make_radix_cache_factory(keep_first: int):
             if ctx.full_tokens_per_layer == 0:
                 raise ValueError(
                     "SWAA eviction: every layer is windowed, so SGLang would use its all-SWA pool, "
-                    "whose chunk cache frees the floor range only on finish; not validated (EVICTION.md)"
+                    "whose chunk cache frees the floor range only on finish; not validated (docs/design/eviction.md)"
                 )
             from sglang.srt.mem_cache.chunk_cache import SWAChunkCache
 

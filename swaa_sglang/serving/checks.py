@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from swaa_sglang.config import SWAAConfig
-from swaa_sglang.server_args import BACKEND_NAME, EVICTION_CACHE, MISSING_CONFIG_HELP, config_from_override_args
+from swaa_sglang.serving.server_args import BACKEND_NAME, EVICTION_CACHE, MISSING_CONFIG_HELP, config_from_override_args
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def check_server_args(server_args: Any) -> SWAAConfig:
         page = _get(server_args, "page_size")
         if page not in (None, 1):
             # sinks and windows are page-aligned by the cache code, but only page size 1 has been
-            # driven through the pool/cache tests and the GPU check (EVICTION.md, "Not proven here")
+            # driven through the pool/cache tests and the GPU check (docs/design/eviction.md, "Not proven here")
             raise ValueError(f"page_size: window eviction (evict_window) is verified with page size 1 only; got "
                              f"{page}; allowed: 1 (or evict_window off, which accepts any page size)")
     elif cache == EVICTION_CACHE:
@@ -128,7 +128,7 @@ def check_model(config: SWAAConfig, model: ModelFacts) -> SWAAConfig:
         raise ValueError(f"model: {model.architecture} uses MLA attention (DeepSeek-style latent KV), which SWAA "
                          "does not support; allowed: models with standard multi-head or grouped-query attention")
     if config.evict_window:
-        from .eviction import sglang_window
+        from attention_backends.eviction_policy import sglang_window
 
         expected = sglang_window(config.sliding_window_size)
         if not (model.window_is_ours and model.native_sliding_window == expected):
@@ -165,7 +165,7 @@ def window_is_ours(runner_window: Optional[int], override_window: Optional[int],
 
 def create_swaa_backend(runner: Any):
     """``ATTENTION_BACKENDS['swaa']``: runs in every scheduler / TP worker process."""
-    from .swaa_flashinfer import SWAAFlashInferBackend
+    from attention_backends.backend import SWAAFlashInferBackend
 
     config = check_server_args(runner.server_args)
     ours = getattr(runner.model_config, "swaa_eviction_window", None)  # set by the plugin's model-config hook

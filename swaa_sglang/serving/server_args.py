@@ -10,14 +10,15 @@ swaa --json-model-override-args '{"swaa": {...}}'``, or ``sglang.Engine(...)``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from typing import Any, Optional
 
-from .config import LAYER_SPEC_HELP, PRESETS, SWAAConfig, preset_config
+from swaa_sglang.config import LAYER_SPEC_HELP, PRESETS, SWAAConfig, preset_config
 
 OVERRIDE_KEY = "swaa"
 BACKEND_NAME = "swaa"
-EVICTION_CACHE = "swaa"  # --radix-cache-backend of window eviction (registered by swaa_sglang.plugin)
+EVICTION_CACHE = "swaa"  # --radix-cache-backend of window eviction (registered by swaa_sglang.serving.plugin)
 
 MISSING_CONFIG_HELP = (
     "swaa: the 'swaa' attention backend needs a SWAA config: pass "
@@ -40,8 +41,22 @@ def _load_override(override_json: Optional[str]) -> dict[str, Any]:
 
 
 def config_from_override_args(override: Optional[str | dict]) -> Optional[SWAAConfig]:
-    """The SWAA config carried by ``json_model_override_args``, or None if it carries none."""
-    data = override if isinstance(override, dict) else _load_override(override)
+    """The SWAA config carried by ``json_model_override_args``, or None if it carries none.
+
+    A JSON string is parsed once per process (the config is frozen, so every hook and the
+    backend share one object); a bad one raises ValueError naming the field every time.
+    """
+    if isinstance(override, dict):
+        return _config_from_data(override)
+    return _config_from_json(override or "")
+
+
+@functools.lru_cache(maxsize=32)
+def _config_from_json(override_json: str) -> Optional[SWAAConfig]:
+    return _config_from_data(_load_override(override_json))
+
+
+def _config_from_data(data: dict[str, Any]) -> Optional[SWAAConfig]:
     if OVERRIDE_KEY not in data:
         return None
     return SWAAConfig.from_dict(data[OVERRIDE_KEY])
@@ -61,7 +76,7 @@ def hybrid_layer_pattern(config: SWAAConfig, num_layers: int) -> list[int]:
     is windowed, the last one is declared 0 all the same: SGLang would otherwise pick its
     all-SWA allocator and cache, which cache only ``[0, swa_evict_floor)`` of a finished request
     (no prefix reuse) and are not validated with sinks; one layer of full KV buys the hybrid
-    allocator and :class:`attention_backends.eviction.SWAASinkRadixCache` (EVICTION.md,
+    allocator and :class:`attention_backends.radix_cache.SWAASinkRadixCache` (docs/design/eviction.md,
     "All layers windowed"). The attention of that layer is still windowed: the backend decides
     what is windowed, the pattern only says where the KV lives.
     """
@@ -79,7 +94,7 @@ def hybrid_overrides(config: SWAAConfig, num_layers: Optional[int] = None) -> di
     """
     if not config.evict_window:
         return {}
-    from attention_backends.eviction import sglang_window
+    from attention_backends.eviction_policy import sglang_window
 
     out: dict[str, Any] = {"is_hybrid_swa": True, "sliding_window_size": sglang_window(config.sliding_window_size)}
     if num_layers is not None:

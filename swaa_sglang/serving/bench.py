@@ -1,4 +1,4 @@
-"""``python -m swaa_sglang.bench TOOL ...``: SGLang's own benchmarks with the SWAA backend and ``--swaa-*`` flags.
+"""``python -m swaa_sglang.serving.bench TOOL ...``: SGLang's own benchmarks with the SWAA backend and ``--swaa-*`` flags.
 
 SGLang's benchmark tools parse their arguments before any plugin is loaded, so they refuse
 ``--attention-backend swaa``. This wrapper registers the plugin first, accepts every argument of
@@ -13,7 +13,7 @@ Tools (SGLang 0.5.17):
   offline_throughput  sglang.benchmark.offline_throughput: a dataset of requests through sglang.Engine
 
 Example:
-  python -m swaa_sglang.bench one_batch --model-path benchmarks/models/qwen3-4b-2507 --load-format dummy \\
+  python -m swaa_sglang.serving.bench one_batch --model-path benchmarks/models/qwen3-4b-2507 --load-format dummy \\
       --swaa-preset balanced --batch-size 1 --input-len 131072 --output-len 256
 """
 
@@ -33,12 +33,12 @@ TOOLS = {
 
 def build_parser(tool: str):
     """SWAA flags + SGLang's server arguments + the tool's own (call launch_server.load_plugin first)."""
-    from .launch_server import build_parser as server_parser
+    from .launcher import build_parser as server_parser
 
     module = importlib.import_module(TOOLS[tool][0])
     parser = server_parser(
-        prog=f"python -m swaa_sglang.bench {tool}",
-        description=f"{TOOLS[tool][0]} with the SWAA backend and --swaa-* flags (see python -m swaa_sglang.bench).",
+        prog=f"python -m swaa_sglang.serving.bench {tool}",
+        description=f"{TOOLS[tool][0]} with the SWAA backend and --swaa-* flags (see python -m swaa_sglang.serving.bench).",
         epilog="",
     )
     module.BenchArgs.add_cli_args(parser)
@@ -72,7 +72,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         sys.stderr.write(__doc__.split("\n\n")[0] + "\n\n")
         sys.exit(f"error: {given}give a tool first; allowed: {', '.join(TOOLS)}")
     tool, rest = argv[0], argv[1:]
-    from .launch_server import load_plugin, parse_server_args
+    from .launcher import load_plugin, parse_server_args
 
     load_plugin()
     parser, module = build_parser(tool)

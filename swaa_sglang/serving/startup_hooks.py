@@ -1,0 +1,108 @@
+"""Server-args hooks (launching process): SWAA checks and window-eviction set-up before any weights load.
+
+A bad SWAA config stops the server at start with the field named; the prefill CUDA graph (which
+would capture one batch's windowed plan) is turned off for the swaa backend.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .server_args import EVICTION_CACHE
+
+logger = logging.getLogger("swaa_sglang")
+
+RADIX_CACHE_NAME = EVICTION_CACHE  # --radix-cache-backend name of attention_backends.radix_cache.SWAASinkRadixCache
+# SGLang's ServerArgs.swa_full_tokens_ratio default; replaced for SWAA eviction unless the user set another
+_SGLANG_DEFAULT_SWA_RATIO = 0.8
+
+
+def suggested_swa_full_tokens_ratio(window: int, keep_first: int, context_len: int, page_size: int = 1,
+                                    eviction_interval: int = 128) -> float:
+    """``--swa-full-tokens-ratio`` for SWAA eviction: SWA-pool tokens per full-pool token.
+
+    A running request of length L holds L tokens in the full pool (its full and FA-decode layers)
+    but only about ``W + k + interval + page`` in the SWA pool (sinks, window, and what SGLang frees
+    only every ``SGLANG_SWA_EVICTION_INTERVAL`` decode steps). Balancing both pools for requests of
+    half the context length gives ``2 (W + k + interval + page) / context_len``: long requests are
+    then limited by the full pool, as they must be, and the SWA pool is not sized for whole
+    sequences (SGLang's 0.8 would spend most of the KV memory on windows). Clamped to (0, 1].
+    """
+    need = window + keep_first + eviction_interval + page_size
+    return min(1.0, max(1e-4, 2.0 * need / max(context_len, 1)))
+
+
+def _prepare_server_args(server_args, *args, **kwargs):
+    """BEFORE hook on ``ServerArgs.__post_init__``: check SWAA args in the launching process.
+
+    Runs before SGLang resolves its defaults, so a bad SWAA config stops the server at
+    start with the field named, and the prefill CUDA graph (which would capture the
+    windowed plan of one batch) is turned off for the swaa backend.
+    """
+    from swaa_sglang.serving.checks import check_server_args, uses_swaa
+
+    if not uses_swaa(server_args):
+        return None
+    config = check_server_args(server_args)
+    if config.evict_window:
+        chosen = getattr(server_args, "radix_cache_backend", None)
+        if chosen is None:
+            logger.info("swaa: window eviction on; radix cache backend '%s' (sink-aware SWA radix cache)",
+                        RADIX_CACHE_NAME)
+            server_args.radix_cache_backend = RADIX_CACHE_NAME
+    if not server_args.disable_prefill_cuda_graph:
+        logger.info("swaa: prefill CUDA graph disabled (decode CUDA graphs stay on)")
+        server_args.disable_prefill_cuda_graph = True
+    return None
+
+
+def _check_model(result, server_args, *args, **kwargs):
+    """AFTER hook on ``ServerArgs.__post_init__``: the model (MLA, encoder-decoder), layer ids and sinks
+    against it, in the launcher, before any weights load."""
+    from swaa_sglang.serving.checks import check_model, check_server_args, facts_from_model_config, uses_swaa
+
+    if not uses_swaa(server_args):
+        return None
+    mc = server_args.get_model_config()
+    ours = getattr(mc, "swaa_eviction_window", None)  # set by the model-config hook when eviction is on
+    config = check_model(check_server_args(server_args), facts_from_model_config(mc, ours, ours is not None))
+    if config.evict_window:
+        _configure_eviction(server_args, config, mc)
+    return None
+
+
+def _configure_eviction(server_args, config, mc) -> None:
+    """Launcher side of window eviction: pool ratio and what applies where (logged)."""
+    from sglang.srt.environ import envs
+
+    from .server_args import hybrid_layer_pattern, with_config
+
+    if not getattr(mc, "is_hybrid_swa", False):
+        raise ValueError(
+            "evict_window: SGLang did not switch the hybrid SWA pool on for this model (the plugin's hook on "
+            "ModelConfig._derive_hybrid_model did not run, or --disable-hybrid-swa-memory is set)"
+        )
+    pattern = hybrid_layer_pattern(config, mc.num_hidden_layers)
+    # The layer count is known now: write the whole hybrid override, so that what the worker
+    # processes receive (and what the logs show) is explicit; their hook recomputes the same.
+    override = with_config(server_args.json_model_override_args, config, mc.num_hidden_layers)
+    if override != server_args.json_model_override_args:
+        server_args.override("swaa", json_model_override_args=override)
+    ratio = server_args.swa_full_tokens_ratio
+    if ratio == _SGLANG_DEFAULT_SWA_RATIO:
+        ratio = suggested_swa_full_tokens_ratio(
+            config.sliding_window_size, config.keep_first, mc.context_len, server_args.page_size or 1,
+            max(1, envs.SGLANG_SWA_EVICTION_INTERVAL.get()),
+        )
+        server_args.override("swaa", swa_full_tokens_ratio=ratio)
+    windowed = config.windowed_layers(mc.num_hidden_layers)
+    logger.info(
+        "swaa: window eviction on: %d/%d layers keep sinks + window only (SWA pool, SGLang window %d), "
+        "%d layers keep all KV (full pool)%s; swa_full_tokens_ratio %.4g; radix cache backend %s",
+        sum(pattern), len(pattern), config.sliding_window_size - 1, len(pattern) - sum(pattern),
+        " (incl. windowed layer %d, kept whole so the hybrid allocator is used)" % (len(pattern) - 1)
+        if len(windowed) == len(pattern) else "",
+        ratio, server_args.radix_cache_backend,
+    )
+
+
