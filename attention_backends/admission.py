@@ -13,8 +13,9 @@ the launcher's pools prefilled 3.98 tokens per prompt token, with 854 retraction
 A decoding request owns about ``decode_swa_headroom`` SWA slots at most beyond its prompt (its
 window of decode tokens plus what SGLang frees only every ``SGLANG_SWA_EVICTION_INTERVAL``
 decode iterations); what it may still add is that minus what it owns now, and never more than
-it has left to decode. Hooks on ``PrefillAdder`` (installed by the plugin; no-ops unless the
-tree cache is :class:`~attention_backends.radix_cache.SWAASinkRadixCache`) charge it:
+it has left to decode. Hooks on ``PrefillAdder`` (declared and registered by
+``swaa_sglang.serving.eviction_hooks``; no-ops unless the tree cache is
+:class:`~attention_backends.radix_cache.SWAASinkRadixCache`) charge it:
 
 * AFTER ``__init__``: the growth of every running request, into ``rem_swa_token_offset``;
 * BEFORE ``add_chunked_req``: the growth of the request being prefilled in chunks (it is not in
@@ -44,19 +45,17 @@ ends the pass with the request that was cut, as SGLang does when a chunk uses up
 
 from __future__ import annotations
 
-_ADDER = "sglang.srt.managers.schedule_policy.PrefillAdder"
-RESERVE_HOOKS = (f"{_ADDER}.__init__", f"{_ADDER}.add_chunked_req", f"{_ADDER}._swa_reserved_tokens")
-ONE_CHUNK_HOOK = f"{_ADDER}.add_one_req"
+from collections.abc import Callable
 
 
-def decode_swa_headroom(window_m1: int, eviction_interval: int, page_size: int) -> int:
+def decode_swa_headroom(sglang_window: int, eviction_interval: int, page_size: int) -> int:
     """SWA slots a decoding request owns at most beyond its prompt, as SGLang frees them.
 
-    SGLang keeps the last ``window_m1`` positions and frees older ones on decode iterations
+    SGLang keeps the last ``sglang_window`` (W - 1) positions and frees older ones on decode iterations
     that are multiples of the eviction interval; a prefill batch on such an iteration defers the
     freeing by one more interval, hence two intervals, and a page for page alignment.
     """
-    return window_m1 + 2 * max(1, eviction_interval) + page_size
+    return sglang_window + 2 * max(1, eviction_interval) + page_size
 
 
 def _ceil_page(tokens: int, page_size: int) -> int:
@@ -94,14 +93,14 @@ def running_decode_growth(req, headroom: int, page_size: int = 1) -> int:
     return _ceil_page(min(_tokens_left(req), max(0, headroom - owned_swa_slots(req, page_size))), page_size)
 
 
-def new_request_decode_growth(extend_len: int, max_new: int, window_m1: int, headroom: int,
+def new_request_decode_growth(extend_len: int, max_new: int, sglang_window: int, headroom: int,
                               page_size: int = 1) -> int:
     """What a new request's decode may take beyond SGLang's own reservation for it.
 
-    SGLang reserves ``min(extend + max_new, window)`` for the request's window, of which
-    ``max(0, min(extend + max_new, window) - extend)`` is room for decode tokens.
+    SGLang reserves ``min(extend + max_new, sglang_window)`` for the request's window, of which
+    ``max(0, min(extend + max_new, sglang_window) - extend)`` is room for decode tokens.
     """
-    sglang_decode_room = max(0, min(extend_len + max_new, window_m1) - extend_len)
+    sglang_decode_room = max(0, min(extend_len + max_new, sglang_window) - extend_len)
     return _ceil_page(max(0, min(max_new, headroom) - sglang_decode_room), page_size)
 
 
@@ -110,7 +109,7 @@ def _headroom(adder) -> int | None:
     return getattr(adder.tree_cache, "decode_swa_headroom", None)
 
 
-def reserve_running_growth(result, adder, *args, **kwargs):
+def reserve_running_growth(result: None, adder) -> None:
     """AFTER hook on ``PrefillAdder.__init__``: charge running requests' future SWA growth."""
     headroom = _headroom(adder)
     if headroom is None or not adder.is_hybrid_swa or adder.running_batch is None:
@@ -120,7 +119,7 @@ def reserve_running_growth(result, adder, *args, **kwargs):
     return None
 
 
-def reserve_chunked_growth(adder, req, *args, **kwargs):
+def reserve_chunked_growth(adder, req) -> None:
     """BEFORE hook on ``PrefillAdder.add_chunked_req``: the chunked request's decode growth, for the pass.
 
     With nothing else running, never so much that its next chunk gets less than a page: the request
@@ -142,7 +141,7 @@ def reserve_chunked_growth(adder, req, *args, **kwargs):
     return None
 
 
-def reserve_new_request_growth(result, adder, extend_input_len, max_new_tokens, *args, **kwargs):
+def reserve_new_request_growth(result: int, adder, extend_input_len: int, max_new_tokens: int) -> int | None:
     """AFTER hook on ``PrefillAdder._swa_reserved_tokens``: add a new request's own decode growth."""
     headroom = _headroom(adder)
     if headroom is None:
@@ -152,7 +151,7 @@ def reserve_new_request_growth(result, adder, extend_input_len, max_new_tokens, 
     )
 
 
-def one_chunked_request_per_pass(original, adder, req, *args, **kwargs):
+def one_chunked_request_per_pass(proceed: Callable, adder, req):
     """AROUND hook on ``PrefillAdder.add_one_req``: end the pass after the request that was cut to a chunk.
 
     Returning OTHER there (not CONTINUE) stops the scheduler's loop before it preempts or matches
@@ -160,24 +159,7 @@ def one_chunked_request_per_pass(original, adder, req, *args, **kwargs):
     """
     from sglang.srt.managers.schedule_policy import AddReqResult
 
-    result = original(adder, req, *args, **kwargs)
+    result = proceed()
     if result == AddReqResult.CONTINUE and adder.new_chunked_req is req and _headroom(adder) is not None:
         return AddReqResult.OTHER
     return result
-
-
-def register_admission_hooks(reserve: bool = True, one_chunk: bool = True) -> None:
-    """Register the hooks with SGLang's HookRegistry (SGLang applies them in every process).
-
-    Both switches exist for the CPU replay's controls (``tests/scheduler_replay.py``); the
-    plugin registers everything.
-    """
-    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
-
-    if reserve:
-        init, chunked, reserved = RESERVE_HOOKS
-        HookRegistry.register(init, reserve_running_growth, HookType.AFTER)
-        HookRegistry.register(chunked, reserve_chunked_growth, HookType.BEFORE)
-        HookRegistry.register(reserved, reserve_new_request_growth, HookType.AFTER)
-    if one_chunk:
-        HookRegistry.register(ONE_CHUNK_HOOK, one_chunked_request_per_pass, HookType.AROUND)

@@ -4,9 +4,12 @@ Full layers, and decode on sliding layers with FA decode, run SGLang's own
 FlashInfer backend unchanged (this class extends it). Sliding layers add, via
 :mod:`attention_backends.flashinfer_ops`:
 
-* extend (prefill, chunked prefill over a cached prefix, mixed batches): a
-  windowed paged pass plus an extra pass over the sinks outside the window,
-  merged in place by log-sum-exp;
+* extend (prefill, chunked prefill over a cached prefix, mixed batches, requests
+  prefilled again after a retraction): a windowed paged pass plus an extra pass
+  over the sinks outside the window, merged in place by log-sum-exp. A row at a
+  position at or past its request's prompt length is a generated token: on a
+  layer with FA decode it sees everything (a second plan, ``prefill_fa``, made
+  only for batches that hold such rows);
 * decode without FA decode: one pass over ``sinks ++ last W`` (CUDA graphs too).
 
 Plans are built on the CPU from SGLang's ``*_cpu`` lengths, once per batch.
@@ -14,9 +17,10 @@ Plans are built on the CPU from SGLang's ``*_cpu`` lengths, once per batch.
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from sglang.srt.layers.attention.flashinfer_backend import FlashInferAttnBackend
@@ -26,6 +30,7 @@ from swaa_sglang.config import SWAAConfig
 
 from .flashinfer_ops import HeadConfig, SlidingDecode, SlidingPrefill
 from .op_check import OpCheck
+from .planning import GENERATED_FROM_ATTR
 
 if TYPE_CHECKING:
     from sglang.srt.layers.radix_attention import RadixAttention
@@ -35,17 +40,33 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def mixed_decode_rows(forward_batch: ForwardBatch) -> int:
-    """Requests at the end of a mixed batch that are generating (marked by the plugin's hook)."""
-    if not forward_batch.forward_mode.is_mixed():
-        return 0
-    n = getattr(forward_batch, "swaa_mixed_decode_rows", None)
-    if n is None:
+def generated_from(forward_batch: ForwardBatch) -> torch.Tensor:
+    """Each request's prompt length ([bs] int64, CPU) for an extend batch: rows at or past it are generated.
+
+    SGLang's ForwardBatch does not carry it; the plugin's hook on ``ForwardBatch.init_new`` reads
+    it from the scheduler's requests (``len(req.origin_input_ids)``). Decode rows folded into a
+    mixed batch, and the output of a retracted request prefilled again, lie past it.
+    """
+    marked = getattr(forward_batch, GENERATED_FROM_ATTR, None)
+    if marked is None:
         raise RuntimeError(
-            "swaa: a mixed prefill/decode batch arrived without its generated rows marked; the plugin's hook "
-            "on ForwardBatch.init_new did not run (was the swaa plugin loaded through SGLang's plugin loader?)"
+            "swaa: an extend batch arrived without its requests' prompt lengths marked; the plugin's hook on "
+            "ForwardBatch.init_new did not run (was the swaa plugin loaded through SGLang's plugin loader?)"
         )
-    return n
+    n_rows = len(forward_batch.extend_seq_lens_cpu)
+    if marked.numel() != n_rows:
+        raise RuntimeError(
+            f"swaa: the batch's prompt-length marking has {marked.numel()} requests, its extend has {n_rows} "
+            "(ForwardBatch.init_new's requests do not match its rows)"
+        )
+    return marked
+
+
+class KVPool(enum.Enum):
+    """Which KV buffer a layer reads, and so which slots its index lists hold."""
+
+    FULL = "full"  # SGLang's full pool: the slots req_to_token holds
+    SWA = "swa"  # the SWA pool of window eviction: slots mapped by translate_loc_from_full_to_swa
 
 
 def _ranges_text(ids: list[int]) -> str:
@@ -92,19 +113,20 @@ class SWAAFlashInferBackend(FlashInferAttnBackend):
         def prefill():
             return SlidingPrefill(self.workspace_buffer, self.heads, w, k, sinks=sinks)
 
-        # One plan per pool the sliding layers read: False = full slots, True = SWA slots.
-        self.prefill = {swa: prefill() for swa in self._kinds(self.sliding_layers)}
-        # Sliding layers with FA decode, in mixed batches: generated rows see everything there
-        # (never in the SWA pool: full slots).
+        # One plan per pool the sliding layers read (prompt rule for every row).
+        self.prefill = {pool_kind: prefill() for pool_kind in self._pools(self.sliding_layers)}
+        # Sliding layers with FA decode, for batches that hold generated rows: those rows see
+        # everything there (these layers are never in the SWA pool: full slots).
         self.fa_sliding_layers = self.sliding_layers - self.windowed_decode_layers
         self.prefill_fa = prefill() if self.fa_sliding_layers else None
         self.prefill_fa_planned = False
+        self.generated_from: Optional[torch.Tensor] = None  # the current extend batch's marking
         self.eager_decode = {
-            swa: SlidingDecode(SlidingDecode.make_wrapper(self.workspace_buffer), self.heads, w, k)
-            for swa in self._kinds(self.windowed_decode_layers)
+            pool_kind: SlidingDecode(SlidingDecode.make_wrapper(self.workspace_buffer), self.heads, w, k)
+            for pool_kind in self._pools(self.windowed_decode_layers)
         }
-        self.graph_decode: dict[tuple[int, bool], SlidingDecode] = {}
-        self.decode: dict[bool, SlidingDecode] = {}  # the ones planned for the current batch
+        self.graph_decode: dict[tuple[int, KVPool], SlidingDecode] = {}
+        self.decode: dict[KVPool, SlidingDecode] = {}  # the ones planned for the current batch
         self.op_check = OpCheck.from_env(config)  # off unless SWAA_OP_CHECK_FILE is set
         logger.info(
             "SWAA backend: %s; sliding layers %d/%d, windowed decode on %d",
@@ -119,41 +141,47 @@ class SWAAFlashInferBackend(FlashInferAttnBackend):
                 _ranges_text(sorted(self.swa_pool_layers)),
             )
 
-    def _kinds(self, layers) -> list[bool]:
-        """Which pools (False: full, True: SWA) the given layers read."""
-        return sorted({i in self.swa_pool_layers for i in layers})
+    def _pool_of(self, layer_id: int) -> KVPool:
+        return KVPool.SWA if layer_id in self.swa_pool_layers else KVPool.FULL
 
-    def _slot_map(self, swa: bool):
-        return self._to_swa if swa else None
+    def _pools(self, layers) -> list[KVPool]:
+        """Which pools the given layers read."""
+        used = {self._pool_of(i) for i in layers}
+        return [pool_kind for pool_kind in KVPool if pool_kind in used]
+
+    def _slot_map(self, pool_kind: KVPool):
+        return self._to_swa if pool_kind is KVPool.SWA else None
 
     # -- planning, once per batch ---------------------------------------------
     def init_forward_metadata(self, forward_batch: ForwardBatch):
         super().init_forward_metadata(forward_batch)
         mode = forward_batch.forward_mode
+        self.generated_from = None
+        self.prefill_fa_planned = False
         if mode.is_decode_or_idle():
             self.decode = {}
             if not mode.is_idle():
-                for swa, op in self.eager_decode.items():
-                    self.decode[swa] = self._plan_decode(op, forward_batch, forward_batch.batch_size, swa)
+                for pool_kind, op in self.eager_decode.items():
+                    self.decode[pool_kind] = self._plan_decode(op, forward_batch, forward_batch.batch_size, pool_kind)
         elif self.prefill:
             prefix = torch.as_tensor(forward_batch.extend_prefix_lens_cpu, dtype=torch.int64)
             extend = torch.as_tensor(forward_batch.extend_seq_lens_cpu, dtype=torch.int64)
             r2t, rpi = self.req_to_token_pool.req_to_token, forward_batch.req_pool_indices
-            # Prompt semantics for every row: right on layers without FA decode, where a
-            # generated row sees sinks + window exactly like a prompt row.
-            for swa, op in self.prefill.items():
-                op.plan(prefix, extend, r2t, rpi, slot_map=self._slot_map(swa))
-            n_generated = mixed_decode_rows(forward_batch) if self.prefill_fa is not None else 0
-            self.prefill_fa_planned = n_generated > 0
-            if self.prefill_fa_planned:
-                full_rows = torch.zeros(len(extend), dtype=torch.bool)
-                full_rows[len(extend) - n_generated :] = True
-                self.prefill_fa.plan(prefix, extend, r2t, rpi, full_rows)
+            # Prompt rule for every row: right on layers without FA decode, where a generated
+            # row sees sinks + window exactly like a prompt row.
+            for pool_kind, op in self.prefill.items():
+                op.plan(prefix, extend, r2t, rpi, slot_map=self._slot_map(pool_kind))
+            if self.prefill_fa is not None:
+                self.generated_from = generated_from(forward_batch)
+                self.prefill_fa_planned = bool((prefix + extend > self.generated_from).any())
+                if self.prefill_fa_planned:
+                    self.prefill_fa.plan(prefix, extend, r2t, rpi, self.generated_from)
 
-    def _plan_decode(self, decode: SlidingDecode, forward_batch: ForwardBatch, bs: int, swa: bool) -> SlidingDecode:
+    def _plan_decode(self, decode: SlidingDecode, forward_batch: ForwardBatch, bs: int,
+                     pool_kind: KVPool) -> SlidingDecode:
         seq_lens = _lens(forward_batch.seq_lens_cpu, forward_batch.seq_lens)[:bs]
         decode.plan(seq_lens, self.req_to_token_pool.req_to_token, forward_batch.req_pool_indices[:bs],
-                    forward_batch.seq_lens[:bs], slot_map=self._slot_map(swa))
+                    forward_batch.seq_lens[:bs], slot_map=self._slot_map(pool_kind))
         return decode
 
     # -- decode CUDA graphs: fixed buffers per captured batch size ---------------
@@ -162,11 +190,11 @@ class SWAAFlashInferBackend(FlashInferAttnBackend):
         per_req = self.swaa.sliding_window_size + self.swaa.keep_first if self.windowed_decode_layers else 0
         dev = self.workspace_buffer.device
         # fixed buffers per pool kind (full / SWA slots): the two index lists differ
-        self.graph_kv_indptr = {swa: torch.zeros(max_bs + 1, dtype=torch.int32, device=dev) for swa in self.eager_decode}
+        self.graph_kv_indptr = {p: torch.zeros(max_bs + 1, dtype=torch.int32, device=dev) for p in self.eager_decode}
         self.graph_kv_indices = {
-            swa: torch.zeros(max(max_bs * per_req, 1), dtype=torch.int32, device=dev) for swa in self.eager_decode
+            p: torch.zeros(max(max_bs * per_req, 1), dtype=torch.int32, device=dev) for p in self.eager_decode
         }
-        self.graph_last_page_len = {swa: torch.ones(max_bs, dtype=torch.int32, device=dev) for swa in self.eager_decode}
+        self.graph_last_page_len = {p: torch.ones(max_bs, dtype=torch.int32, device=dev) for p in self.eager_decode}
 
     def init_forward_metadata_out_graph(self, forward_batch: ForwardBatch, in_capture: bool = False):
         super().init_forward_metadata_out_graph(forward_batch, in_capture)
@@ -174,18 +202,18 @@ class SWAAFlashInferBackend(FlashInferAttnBackend):
             return
         bs = forward_batch.batch_size
         self.decode = {}
-        for swa in self.eager_decode:
+        for pool_kind in self.eager_decode:
             if in_capture:
                 wrapper = SlidingDecode.make_wrapper(
                     self.workspace_buffer,
-                    paged_kv_indptr_buffer=self.graph_kv_indptr[swa][: bs + 1],
-                    paged_kv_indices_buffer=self.graph_kv_indices[swa],
-                    paged_kv_last_page_len_buffer=self.graph_last_page_len[swa][:bs],
+                    paged_kv_indptr_buffer=self.graph_kv_indptr[pool_kind][: bs + 1],
+                    paged_kv_indices_buffer=self.graph_kv_indices[pool_kind],
+                    paged_kv_last_page_len_buffer=self.graph_last_page_len[pool_kind][:bs],
                 )
-                self.graph_decode[bs, swa] = SlidingDecode(
+                self.graph_decode[bs, pool_kind] = SlidingDecode(
                     wrapper, self.heads, self.swaa.sliding_window_size, self.swaa.keep_first
                 )
-            self.decode[swa] = self._plan_decode(self.graph_decode[bs, swa], forward_batch, bs, swa)
+            self.decode[pool_kind] = self._plan_decode(self.graph_decode[bs, pool_kind], forward_batch, bs, pool_kind)
 
     # -- execution, per layer -----------------------------------------------------
     def _save_kv(self, layer: RadixAttention, forward_batch: ForwardBatch, k, v) -> None:
@@ -209,7 +237,7 @@ class SWAAFlashInferBackend(FlashInferAttnBackend):
                 self._save_kv(layer, forward_batch, k, v)
             lid = layer.layer_id
             fa_rows = self.prefill_fa_planned and lid in self.fa_sliding_layers
-            o = self._run(self.prefill_fa if fa_rows else self.prefill[lid in self.swa_pool_layers], q, layer)
+            o = self._run(self.prefill_fa if fa_rows else self.prefill[self._pool_of(lid)], q, layer)
         self._maybe_check("extend", layer, o, q, forward_batch)
         return o
 
@@ -219,7 +247,7 @@ class SWAAFlashInferBackend(FlashInferAttnBackend):
         else:
             if k is not None and save_kv_cache:
                 self._save_kv(layer, forward_batch, k, v)
-            o = self._run(self.decode[layer.layer_id in self.swa_pool_layers], q, layer)
+            o = self._run(self.decode[self._pool_of(layer.layer_id)], q, layer)
         self._maybe_check("decode", layer, o, q, forward_batch)
         return o
 
@@ -227,4 +255,5 @@ class SWAAFlashInferBackend(FlashInferAttnBackend):
         if self.op_check is not None and self.op_check.wanted(mode):
             self.op_check.check(mode, layer, o, q, self.token_to_kv_pool.get_kv_buffer(layer.layer_id),
                                 self.req_to_token_pool.req_to_token, forward_batch,
-                                slot_map=self._slot_map(layer.layer_id in self.swa_pool_layers))
+                                slot_map=self._slot_map(self._pool_of(layer.layer_id)),
+                                generated_from=self.generated_from)

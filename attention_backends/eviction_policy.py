@@ -6,26 +6,23 @@ visibility rule of :func:`swaa_sglang.reference.visibility_mask`. The SGLang cac
 this policy is :mod:`attention_backends.radix_cache`; the design is in docs/design/eviction.md.
 """
 
-
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Iterable, Sequence
+
+from swaa_sglang.config import SWAAConfig
 
 Range = tuple[int, int]  # half-open [lo, hi)
 
 
 # -- policy (pure) ----------------------------------------------------------------
 def sglang_window(window: int) -> int:
-    """SGLang's ``sliding_window_size`` for a SWAA window of W keys (query included): W - 1.
+    """:attr:`SWAAConfig.sglang_window` (W - 1) of a window-eviction config with window W.
 
-    ``W = 1`` (each query sees only itself) is refused: SGLang's SWA radix cache takes no
-    SWA lock for a window of 0 but its ``dec_lock_ref`` would then unlock to the root.
+    For the pure functions here, which take W alone; W < 2 is refused as window eviction
+    refuses it (ValueError naming ``evict_window`` and ``sliding_window_size``).
     """
-    if window < 2:
-        raise ValueError(f"sliding_window_size: window eviction needs W >= 2; got {window}")
-    return window - 1
+    return SWAAConfig(sliding_window_size=window, evict_window=True).sglang_window
 
 
 def sink_floor(keep_first: int, page_size: int = 1) -> int:
@@ -107,10 +104,10 @@ def sglang_evicted_frontier(
 ) -> int:
     """Where SGLang 0.5.17's ``free_swa_out_of_window_slots`` leaves ``swa_evicted_seqlen``.
 
-    A transcription of ``sglang/srt/mem_cache/common.py:47-95`` for documentation and
-    tests; it frees ``[prev, new)`` where ``prev = max(prev_frontier, floor')``.
+    A transcription of that function (``sglang/srt/mem_cache/common.py``) for documentation
+    and tests, taking SWAA's W; it frees ``[prev, new)`` where ``prev = max(prev_frontier, floor')``.
     """
-    w = sglang_window(window)
+    w = sglang_window(window)  # SGLang's W - 1
     evict_floor = max(protected_len, floor)
     if page_size > 1 and evict_floor > protected_len:
         evict_floor = -(-evict_floor // page_size) * page_size

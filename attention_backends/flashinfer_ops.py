@@ -11,9 +11,9 @@ from typing import Callable, Optional
 
 import torch
 from flashinfer import BatchDecodeWithPagedKVCacheWrapper, BatchPrefillWithPagedKVCacheWrapper
-from flashinfer.cascade import merge_state_in_place
+from flashinfer.cascade import merge_state, merge_state_in_place
 
-from .planning import Segments, decode_ranges, kv_slots, plan_extra, plan_window
+from .planning import Segments, decode_ranges, kv_slots, plan_extra, plan_generated, plan_window
 from .sink_merge import row_blocks, sink_limits, sink_merge
 
 
@@ -89,8 +89,11 @@ class SlidingPrefill:
 
     ``sinks="flashinfer"``: the outside keys are a second FlashInfer pass, merged by
     ``merge_state_in_place``. ``sinks="fused"``: a Triton kernel computes the sinks and merges
-    in one pass (:mod:`attention_backends.sink_merge`); rows with FA decode in mixed batches,
-    which see more than the sinks, still take the FlashInfer pass.
+    in one pass (:mod:`attention_backends.sink_merge`). Planned with ``generated_from`` (the plan
+    of a layer with FA decode for a batch that holds generated rows), the rows at or past their
+    request's prompt length see everything before the window: single rows through the FlashInfer
+    extra pass, longer runs through a causal pass over their gathered rows
+    (:func:`attention_backends.planning.plan_generated`).
     """
 
     def __init__(self, workspace: torch.Tensor, heads: HeadConfig, window: int, keep_first: int, backend: str = "fa2",
@@ -101,8 +104,10 @@ class SlidingPrefill:
         self.fused: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None  # slots, blocks, limits
         self.window_wrapper = BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", backend=backend)
         self.extra_wrapper = BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", backend=backend)
+        self.generated_wrapper = BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", backend=backend)
         self.ones = _Ones(workspace.device)
         self.merge_mask: Optional[torch.Tensor] = None
+        self.generated_rows: Optional[torch.Tensor] = None  # rows of the causal generated pass, on the device
 
     def _plan(self, wrapper, seg: Segments, slots: torch.Tensor, causal: bool, window_left: int) -> None:
         h = self.heads
@@ -118,15 +123,21 @@ class SlidingPrefill:
         extend_lens_cpu: torch.Tensor,
         req_to_token: torch.Tensor,
         req_pool_indices: torch.Tensor,
-        full_rows_cpu: Optional[torch.Tensor] = None,
+        generated_from_cpu: Optional[torch.Tensor] = None,
         slot_map: Optional[SlotMap] = None,
     ) -> None:
-        """``slot_map``: see :func:`map_slots` (None: the layers read the full pool)."""
+        """``generated_from_cpu`` ([bs], each request's prompt length): give rows at or past it FA decode
+        (None: every row keeps the prompt rule). ``slot_map``: see :func:`map_slots` (None: the full pool)."""
         win = plan_window(prefix_lens_cpu, extend_lens_cpu, self.window)
         self._plan(self.window_wrapper, win, slots_on_device(win, req_to_token, req_pool_indices, slot_map), True,
                    self.window - 1)
-        self.merge_mask = self.fused = None
-        if self.sinks == "fused" and (full_rows_cpu is None or not bool(full_rows_cpu.any())):
+        self.merge_mask = self.fused = self.generated_rows = None
+        has_generated = generated_from_cpu is not None and bool(
+            (prefix_lens_cpu + extend_lens_cpu > generated_from_cpu).any()
+        )
+        if not has_generated:
+            generated_from_cpu = None
+        if self.sinks == "fused" and not has_generated:
             limits = sink_limits(prefix_lens_cpu, extend_lens_cpu, self.window, self.keep_first)
             if int(limits.max()) > 0:
                 dev = req_to_token.device
@@ -134,11 +145,18 @@ class SlidingPrefill:
                 blocks = row_blocks(extend_lens_cpu, 64).to(dev, non_blocking=True)
                 self.fused = (sink_slots, blocks, limits.to(dev, non_blocking=True))
             return
-        extra = plan_extra(prefix_lens_cpu, extend_lens_cpu, self.window, self.keep_first, full_rows_cpu)
+        extra = plan_extra(prefix_lens_cpu, extend_lens_cpu, self.window, self.keep_first, generated_from_cpu)
         if not extra.empty:
             seg = extra.segments
             self._plan(self.extra_wrapper, seg, slots_on_device(seg, req_to_token, req_pool_indices, slot_map), False, -1)
             self.merge_mask = extra.merge_mask.to(req_to_token.device, non_blocking=True)
+        if has_generated:
+            gen = plan_generated(prefix_lens_cpu, extend_lens_cpu, self.window, generated_from_cpu)
+            if gen is not None:
+                seg = gen.segments
+                self._plan(self.generated_wrapper, seg, slots_on_device(seg, req_to_token, req_pool_indices, slot_map),
+                           True, -1)
+                self.generated_rows = gen.rows.to(req_to_token.device, non_blocking=True)
 
     def run(self, q: torch.Tensor, kv_cache, sm_scale: float, logits_soft_cap: float = 0.0,
             k_scale: Optional[float] = None, v_scale: Optional[float] = None) -> torch.Tensor:
@@ -158,6 +176,14 @@ class SlidingPrefill:
                 logits_soft_cap=logits_soft_cap, k_scale=k_scale, v_scale=v_scale,
             )
             merge_state_in_place(o, lse, o_extra, lse_extra, mask=self.merge_mask)
+        if self.generated_rows is not None:
+            rows = self.generated_rows
+            o_gen, lse_gen = self.generated_wrapper.forward_return_lse(
+                q[rows], kv_cache, causal=True, sm_scale=sm_scale,
+                logits_soft_cap=logits_soft_cap, k_scale=k_scale, v_scale=v_scale,
+            )
+            # the last merge: only o is kept (these rows merge nothing else, lse is not returned)
+            o[rows] = merge_state(o[rows], lse[rows], o_gen, lse_gen)[0].to(o.dtype)
         return o
 
 

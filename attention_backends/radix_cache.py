@@ -10,17 +10,18 @@ needs the first k tokens. This subclass:
   frontier lies past it (requests carry ``swa_evict_floor = K``, so the sinks were kept);
 - cuts a match back to the first SWA tombstone that starts inside the sinks.
 
-It is built with SGLang's window ``W - 1`` and switches on SGLang's leaf split on insert
-(:func:`require_split_leaf_on_insert`). Design: docs/design/eviction.md.
+It is built with SGLang's window: its ``sliding_window_size`` (SGLang's name, here and in
+every ``CacheInitParams``) is W - 1, :attr:`swaa_sglang.config.SWAAConfig.sglang_window`, not
+SWAA's W. It switches on SGLang's leaf split on insert (:func:`require_split_leaf_on_insert`).
+Design: docs/design/eviction.md.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
 
-from .eviction_policy import sglang_window, sink_floor  # noqa: F401  (re-exported for the cache's users)
+from .eviction_policy import sink_floor  # noqa: F401  (re-exported for the cache's users)
 
 # -- SGLang 0.5.17 integration ------------------------------------------------------
 try:  # the policy above must stay importable without SGLang
@@ -69,7 +70,7 @@ def require_split_leaf_on_insert() -> None:
 
 
 class SWAASinkRadixCache(SWARadixCache):  # type: ignore[misc,valid-type]
-    """SGLang's hybrid-SWA radix cache with SWAA sinks. Build with ``sliding_window_size = W - 1``."""
+    """SGLang's hybrid-SWA radix cache with SWAA sinks. ``params.sliding_window_size`` is SGLang's W - 1."""
 
     def __init__(self, params, keep_first: int):
         if not _HAVE_SGLANG:  # pragma: no cover
@@ -257,66 +258,3 @@ def make_radix_cache_factory(keep_first: int):
         return SWAASinkRadixCache(ctx.params, keep_first)
 
     return factory
-
-
-def sink_floor_hook(keep_first: int, page_size: int = 1):
-    """AFTER hook for ``sglang.srt.managers.schedule_batch.Req.__init__``: ``swa_evict_floor = K``.
-
-    SGLang's ``free_swa_out_of_window_slots`` (mem_cache/common.py:64-67) then never frees
-    ``[0, K)`` of a request's own KV; the tree protects cached sinks with the sink lock.
-    """
-    floor = sink_floor(keep_first, page_size)
-
-    def hook(result, req, *args, **kwargs):
-        req.swa_evict_floor = max(getattr(req, "swa_evict_floor", 0), floor)
-
-    return hook
-
-
-class WindowFreeCounter:
-    """KV slots freed by window eviction in this process (the scheduler's), logged at most every
-    ``interval`` seconds: one slot is one token's KV in every windowed layer (SWA pool)."""
-
-    def __init__(self, interval: float = 60.0, clock=None):
-        import time
-
-        self.clock = clock or time.monotonic
-        self.interval = interval
-        self.total = 0
-        self.since_log = 0
-        self.last_log = self.clock()
-
-    def add(self, slots: int) -> None:
-        self.total += slots
-        self.since_log += slots
-        now = self.clock()
-        if self.since_log and now - self.last_log >= self.interval:
-            logger.info("swaa: window eviction freed %d KV slots in the SWA pool in the last %.0f s (%d since start)",
-                        self.since_log, now - self.last_log, self.total)
-            self.since_log, self.last_log = 0, now
-
-
-WINDOW_FREES = WindowFreeCounter()
-
-
-def count_window_frees(original, req, pre_len, *args, counter: WindowFreeCounter = WINDOW_FREES, **kwargs):
-    """AROUND hook body for SGLang's ``free_swa_out_of_window_slots``: count the SWA slots it frees.
-
-    The function frees through ``token_to_kv_pool_allocator.free_swa``; for the length of this
-    call that method is shadowed on the instance by one that counts, then removed again.
-    """
-    allocator = kwargs["token_to_kv_pool_allocator"]
-    real = allocator.free_swa
-    freed = 0
-
-    def free_swa(slots):
-        nonlocal freed
-        freed += len(slots)
-        return real(slots)
-
-    allocator.free_swa = free_swa
-    try:
-        return original(req, pre_len, *args, **kwargs)
-    finally:
-        del allocator.free_swa
-        counter.add(freed)

@@ -30,16 +30,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
-import sys
 import time
-from datetime import date
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from bench_e2e import _engine  # noqa: E402  (one Engine builder for both benchmarks)
+from common import add_engine_args, make_parser, parse_positive_ints, parse_settings, run_meta, start_engine, write_json
 
 
 def peak_overlap(intervals: list[tuple[float, float]]) -> int:
@@ -105,8 +100,7 @@ async def _drive(engine, prompts, out_len: int, time_limit: float | None, progre
         t.cancel()
     if sampler:
         # one more at the end: the last periodic one can precede the last prefill chunks (a request
-        # being chunk-prefilled is neither running nor waiting), which 2026-12-01's 104-request
-        # phase missed (73,728 of 13.6M prompt tokens, 0.99 prefilled per token sent)
+        # being chunk-prefilled is neither running nor waiting)
         await _snapshot(engine, t0, samples)
     await asyncio.gather(*pending, return_exceptions=True)  # let the cancelled streams close
     if sampler:
@@ -146,7 +140,7 @@ def measure(setting: str, a, emit) -> None:
         tqdm = None
     rng = random.Random(0)
     t0 = time.perf_counter()
-    engine = _engine(setting, a.model, a.context_len or a.prompt_len + a.output_len + 64, a.mem, {})
+    engine = start_engine(setting, a.model, a.context_len or a.prompt_len + a.output_len + 64, a.mem)
     startup = time.perf_counter() - t0
     try:
         info = engine.get_server_info()
@@ -180,11 +174,9 @@ def measure(setting: str, a, emit) -> None:
         engine.shutdown()
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--settings", default="vanilla,sink100-2k+evict",
-                   help="comma list: 'vanilla', a SWAA preset, or PRESET+evict (window eviction on)")
-    p.add_argument("--model", default=str(HERE / "models" / "qwen3-4b-2507"), help="dir with config.json")
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser(__doc__)
+    add_engine_args(p, settings="vanilla,sink100-2k+evict", mem=0.85)
     p.add_argument("--requests", default="32",
                    help="comma list: one phase per count on the same engine, e.g. 32,104 (throughput, then capacity)")
     p.add_argument("--prompt-len", type=int, default=131072)
@@ -192,32 +184,28 @@ def main() -> None:
     p.add_argument("--context-len", type=int, default=None,
                    help="the engine's context length, which sizes the pools with eviction (default: prompt + "
                         "output + 64); e.g. 131136 with --prompt-len 16384 serves short requests on a 128K server")
-    p.add_argument("--mem", type=float, default=0.85, help="mem_fraction_static")
     p.add_argument("--time-limit", type=float, help="stop waiting after this many seconds per phase (partial)")
     p.add_argument("--sample-every", type=float, default=5.0,
                    help="seconds between samples of the scheduler's load (running, waiting, retracted); 0: off")
     p.add_argument("--out", help="JSON file (rewritten after each phase)")
-    a = p.parse_args()
-    try:
-        a.requests = [int(x) for x in a.requests.split(",")]
-        if any(n < 1 for n in a.requests):
-            raise ValueError
-    except ValueError:
-        p.error(f"--requests: expected positive integers separated by commas, got {a.requests!r}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = build_parser()
+    a = p.parse_args(argv)
+    settings = parse_settings(p, a.settings)
+    a.requests = parse_positive_ints(p, "--requests", a.requests)
     if a.context_len is not None and a.context_len < a.prompt_len + a.output_len:
         p.error(f"--context-len: must hold --prompt-len + --output-len = {a.prompt_len + a.output_len}; "
                 f"got {a.context_len}")
-    import torch
-
-    result = {"meta": {"gpu": torch.cuda.get_device_name(), "date": date.today().isoformat(), "model": a.model,
-                       "argv": sys.argv}, "rows": []}
+    result = {"meta": run_meta(a.model), "rows": []}
 
     def emit(row: dict) -> None:  # saved per phase: a run killed later keeps what it measured
         result["rows"].append(row)
-        if a.out:
-            Path(a.out).write_text(json.dumps(result, indent=1))
+        write_json(a.out, result)
 
-    for setting in a.settings.split(","):
+    for setting in settings:
         measure(setting, a, emit)
     print(f"\n{result['meta']['gpu']}, {result['meta']['date']}, {Path(a.model).name}, dummy weights, "
           f"{a.prompt_len} in -> {a.output_len} out per request")

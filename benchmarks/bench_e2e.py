@@ -14,38 +14,13 @@ run, appended per setting so a killed run keeps what it measured) and prints a t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import sys
 import statistics
 import time
-from datetime import date
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-
-
-def setting_override_json(setting: str) -> str:
-    """'PRESET' or 'PRESET+evict' -> SGLang's json_model_override_args for the preset (window eviction on)."""
-    from swaa_sglang.config import SWAAConfig, preset_config
-
-    name, _, extra = setting.partition("+")
-    config = preset_config(name)
-    if extra == "evict":
-        config = SWAAConfig.from_dict({**config.to_dict(), "evict_window": True})
-    elif extra:
-        raise ValueError(f"settings: unknown suffix '+{extra}' in {setting!r}; allowed: '+evict'")
-    return json.dumps({"swaa": config.to_dict()})
-
-
-# stock SGLang settings: the flashinfer backend as shipped, and with the prefill CUDA graph off as the
-# swaa backend runs it (the plugin turns it off), to tell that difference from the backend's own cost
-VANILLA = {"vanilla": {}, "vanilla-no-prefill-graph": {"disable_prefill_cuda_graph": True}}
-SETTINGS_HELP = ("comma list: 'vanilla' (flashinfer backend), 'vanilla-no-prefill-graph' (the same with the prefill "
-                 "CUDA graph off, as the plugin runs SWAA), SWAA preset names ('full': the swaa backend with SWAA off, "
-                 "which isolates the plugin's own cost)")
-
+from common import add_engine_args, make_parser, parse_positive_ints, parse_settings, run_meta, start_engine, write_json
 
 # SGLang's own switch for a context longer than the model config allows (named in messages and the JSON)
 LONGER_CONTEXT_ENV = "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN"
@@ -58,9 +33,9 @@ def context_needed(lengths: list[int], decode_tokens: int) -> int:
 
 def context_refusal(model: str, needed: int) -> str | None:
     """Why SGLang would refuse this context length for the model (None when it accepts it), asked
-    before any Engine starts: SGLang refuses it only once its launcher is up (session 8 lost a run
-    that way). The limit and the override are SGLang's own: its context length derived from the
-    config (length keys, rope scaling) and SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN."""
+    before any Engine starts (SGLang itself refuses it only once its launcher is up). The limit and
+    the override are SGLang's own: its context length derived from the config (length keys, rope
+    scaling) and SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN."""
     config = Path(model) / "config.json"
     from sglang.srt.environ import envs
 
@@ -76,19 +51,6 @@ def context_refusal(model: str, needed: int) -> str | None:
             f"{needed}, but {config} allows {limit} (SGLang's context length for it: its length keys and rope "
             f"scaling); shorten "
             f"--lengths, or, for dummy-weight speed runs, set {LONGER_CONTEXT_ENV}=1 (SGLang's own override)")
-
-
-def _engine(setting: str, model: str, context_len: int, mem: float, extra: dict):
-    """A dummy-weight Engine: 'vanilla' is stock SGLang's flashinfer backend, else the swaa backend."""
-    import sglang
-
-    kwargs = dict(model_path=model, load_format="dummy", skip_tokenizer_init=True, mem_fraction_static=mem,
-                  context_length=context_len, chunked_prefill_size=8192, log_level="error", **extra)
-    if setting in VANILLA:
-        kwargs.update(attention_backend="flashinfer", **VANILLA[setting])
-    else:
-        kwargs.update(attention_backend="swaa", json_model_override_args=setting_override_json(setting))
-    return sglang.Engine(**kwargs)
 
 
 def _ids(rng: random.Random, n: int) -> list[int]:
@@ -134,7 +96,7 @@ def measure(setting: str, a) -> dict:
             return x
     rng = random.Random(0)
     t0 = time.perf_counter()
-    engine = _engine(setting, a.model, context_needed(a.lengths, a.decode_tokens), a.mem, {})
+    engine = start_engine(setting, a.model, context_needed(a.lengths, a.decode_tokens), a.mem)
     row = {"setting": setting, "startup_s": time.perf_counter() - t0, "single": [], "offline": None}
     try:
         # warm-up at the shortest length: a full prefill chunk and a decode run, so that first-use
@@ -157,11 +119,9 @@ def measure(setting: str, a) -> dict:
     return row
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--settings", default="vanilla,sink100-2k,balanced",
-                   help=SETTINGS_HELP + ", PRESET+evict (window eviction on)")
-    p.add_argument("--model", default=str(HERE / "models" / "qwen3-4b-2507"), help="dir with config.json")
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser(__doc__)
+    add_engine_args(p, settings="vanilla,sink100-2k,balanced", mem=0.85)
     p.add_argument("--lengths", default="8192,32768,65536,131072", help="comma list of prompt lengths (tokens), one request at a time")
     p.add_argument("--decode-tokens", type=int, default=128, help="tokens decoded per request for the decode rate")
     p.add_argument("--repeats", type=int, default=2, help="requests per length (fresh prompts): TTFT the best, decode tok/s the median")
@@ -169,30 +129,31 @@ def main() -> None:
                    help="offline throughput: requests submitted at once (0: skip the offline part)")
     p.add_argument("--offline-len", type=int, default=32768, help="offline throughput: prompt tokens per request")
     p.add_argument("--offline-out", type=int, default=256, help="offline throughput: output tokens per request")
-    p.add_argument("--mem", type=float, default=0.85, help="mem_fraction_static")
     p.add_argument("--quick", action="store_true", help="8K and 32K only, 8 offline requests")
     p.add_argument("--out", help="JSON file (rewritten after each setting)")
-    a = p.parse_args()
-    a.lengths = [8192, 32768] if a.quick else [int(x) for x in a.lengths.split(",")]
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = build_parser()
+    a = p.parse_args(argv)
+    settings = parse_settings(p, a.settings)
+    a.lengths = [8192, 32768] if a.quick else parse_positive_ints(p, "--lengths", a.lengths)
     if a.quick:
         a.offline_requests, a.offline_len = 8, 8192
     refusal = context_refusal(a.model, context_needed(a.lengths, a.decode_tokens))
     if refusal:
         p.error(refusal)
-    import torch
-
     import flashinfer
     import sglang
+    import torch
 
-    settings = a.settings.split(",")
-    result = {"meta": {"gpu": torch.cuda.get_device_name(), "date": date.today().isoformat(), "decode_method": "stream",
-                       "model": a.model, "argv": sys.argv, "settings": settings,
-                       LONGER_CONTEXT_ENV: os.environ.get(LONGER_CONTEXT_ENV), "sglang": sglang.__version__,
-                       "flashinfer": flashinfer.__version__, "torch": torch.__version__}, "rows": []}
+    result = {"meta": run_meta(a.model, decode_method="stream", settings=settings,
+                               **{LONGER_CONTEXT_ENV: os.environ.get(LONGER_CONTEXT_ENV)}, sglang=sglang.__version__,
+                               flashinfer=flashinfer.__version__, torch=torch.__version__), "rows": []}
     for setting in settings:
         result["rows"].append(measure(setting, a))
-        if a.out:
-            Path(a.out).write_text(json.dumps(result, indent=1))
+        write_json(a.out, result)
     print(f"\n{result['meta']['gpu']}, {result['meta']['date']}, {Path(a.model).name}, dummy weights")
     print(f"{'setting':16} {'prompt':>8} {'TTFT s':>8} {'decode tok/s':>13}")
     for r in result["rows"]:

@@ -27,29 +27,18 @@ import shlex
 import subprocess
 import sys
 import tempfile
-from datetime import date
 from pathlib import Path
 from statistics import median
 
-from bench_e2e import SETTINGS_HELP, VANILLA  # the same settings, as Engine kwargs there
+from common import add_engine_args, make_parser, parse_positive_ints, parse_settings, run_meta, server_flags, write_json
 
-HERE = Path(__file__).resolve().parent
 BENCH_COMMAND = f"{sys.executable} -m swaa_sglang.serving.bench one_batch"
 
 
-def backend_args(setting: str) -> list[str]:
-    """A setting as one_batch flags: bench_e2e's stock SGLang settings (Engine kwargs, all switches,
-    as flags), else a SWAA preset."""
-    if setting not in VANILLA:
-        return ["--swaa-preset", setting]
-    switches = [f"--{name.replace('_', '-')}" for name, on in VANILLA[setting].items() if on]
-    return ["--attention-backend", "flashinfer", *switches]
-
-
 def tool_args(setting: str, a) -> list[str]:
-    """The one_batch arguments for one setting ('vanilla': stock flashinfer; else a SWAA preset)."""
+    """The one_batch arguments for one setting (its backend flags as common.server_flags gives them)."""
     return [
-        "--model-path", a.model, "--load-format", "dummy", *backend_args(setting), "--mem-fraction-static", str(a.mem),
+        "--model-path", a.model, "--load-format", "dummy", *server_flags(setting), "--mem-fraction-static", str(a.mem),
         "--batch-size", str(a.batch_size), "--input-len", *map(str, a.lengths), "--output-len", str(a.output_len),
         "--run-name", setting, *shlex.split(a.extra),
     ]
@@ -132,16 +121,14 @@ def spread_table(rows: list[dict], baseline: str) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--settings", default="vanilla,vanilla-no-prefill-graph,full,sink100-2k,balanced",
-                   help=SETTINGS_HELP)
-    p.add_argument("--model", default=str(HERE / "models" / "qwen3-4b-2507"), help="dir with config.json")
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser(__doc__)
+    add_engine_args(p, settings="vanilla,vanilla-no-prefill-graph,full,sink100-2k,balanced", mem=0.75,
+                    mem_help="mem_fraction_static (lower than a server's: the prompt is prefilled in one pass, "
+                    "not in chunks)")
     p.add_argument("--lengths", default="8192,32768,65536,131072", help="prompt lengths (one batch each)")
     p.add_argument("--output-len", type=int, default=256, help="decode steps per batch (SGLang reports the median)")
     p.add_argument("--batch-size", type=int, default=1, help="requests in the one static batch")
-    p.add_argument("--mem", type=float, default=0.75,
-                   help="mem_fraction_static (lower than a server's: the prompt is prefilled in one pass, not in chunks)")
     p.add_argument("--extra", default="", help="more one_batch arguments, e.g. '--profile --profile-stage decode'")
     p.add_argument("--quick", action="store_true", help="8K and 32K, 64 decode steps")
     p.add_argument("--rounds", type=int, default=1,
@@ -149,31 +136,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", default="vanilla",
                    help="the setting the speed-ups are measured against (a run without vanilla shows none)")
     p.add_argument("--timeout", type=float, default=1200, help="seconds per engine (one setting, one round)")
-    p.add_argument("--bench-command", default=BENCH_COMMAND, help="the wrapped tool (default: %(default)s)")
+    p.add_argument("--bench-command", default=BENCH_COMMAND, help="the wrapped tool")
     p.add_argument("--out", default="one_batch.json", help="JSON file (rewritten after each engine)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     a = p.parse_args(argv)
-    settings = a.settings.split(",")
-    repeated = sorted({x for x in settings if settings.count(x) > 1})
-    if repeated:
-        p.error(f"--settings: {', '.join(repeated)} given more than once; to run a setting on several engines "
-                "use --rounds N")
+    settings = parse_settings(p, a.settings, repeat_hint="; to run a setting on several engines use --rounds N")
     if a.rounds < 1:
         p.error(f"--rounds: {a.rounds}; allowed: 1 or more")
     if a.baseline != "vanilla" and a.baseline not in settings:  # vanilla: the default, optional in a run
         p.error(f"--baseline: {a.baseline!r} is not among --settings ({', '.join(settings)})")
-    a.lengths = [8192, 32768] if a.quick else [int(x) for x in a.lengths.split(",")]
+    a.lengths = [8192, 32768] if a.quick else parse_positive_ints(p, "--lengths", a.lengths)
     if a.quick:
         a.output_len = 64
-    import torch  # both come with sglang
-    from tqdm import tqdm
+    from tqdm import tqdm  # comes with sglang
 
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     out = Path(a.out)
-    result = {"meta": {"gpu": gpu, "date": date.today().isoformat(), "model": a.model, "argv": sys.argv,
-                       "tool": "sglang.benchmark.one_batch via python -m swaa_sglang.serving.bench",
-                       "prefill": "one forward pass, not chunked", "decode": "median step, CUDA graphs",
-                       "baseline": a.baseline, "rounds": a.rounds},
+    result = {"meta": run_meta(a.model, tool="sglang.benchmark.one_batch via python -m swaa_sglang.serving.bench",
+                               prefill="one forward pass, not chunked", decode="median step, CUDA graphs",
+                               baseline=a.baseline, rounds=a.rounds),
               "rows": [], "failed": {}}
     runs = [(k, setting) for k in range(1, a.rounds + 1) for setting in settings]
     for k, setting in tqdm(runs, desc="engines", disable=a.no_progress):
@@ -187,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{e}", file=sys.stderr)
         if a.rounds > 1:
             result["spread"] = spread(result)
-        out.write_text(json.dumps(result, indent=1))
-    print(f"\n{gpu}, {result['meta']['date']}, {Path(a.model).name}, dummy weights, batch {a.batch_size}, "
+        write_json(out, result)
+    print(f"\n{result['meta']['gpu']}, {result['meta']['date']}, {Path(a.model).name}, dummy weights, batch {a.batch_size}, "
           f"{a.output_len} decode steps")
     print("\n".join(table(result)))
     if a.rounds > 1:

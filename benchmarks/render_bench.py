@@ -4,7 +4,7 @@
         --e2e benchmarks/results/e2e_qwen3-4b_h100_2026-11-28.json --out benchmarks/results/speed_h100_2026-11-28
 
 writes ``<out>.md`` and ``<out>_ops.png`` / ``<out>_e2e.png`` (plots need matplotlib).
-Ratios are computed here from the measured times; targets are the issue's goals.
+Ratios are computed here from the measured times; the targets are the project's speed goals.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-# (what, goal) as stated in the issues; printed next to the measured ratio
+# (what, goal): the project's speed goals, printed next to the measured ratio
 PREFILL_GOAL = 1.15  # SWAA prefill time / window-only time at 128K
 PREFILL_VS_FULL_GOAL = 17.0
 DECODE_GOAL = 10.0  # full decode / SWAA decode, 32 x 32K
@@ -83,12 +83,12 @@ def e2e_markdown(e2e: dict) -> list[str]:
                          f"{o['seconds']:.1f} s total | | {o['output_tok_s']:.1f} | "
                          f"{f'{up:.2f}x (output tok/s)' if up else '-'} |")
     lines += ["", "Settings: " + "; ".join(f"`{name}` {_setting_description(name)}" for name in rows) + "."]
-    # the parsed list (bench_e2e writes it since session 10), else the --settings value in argv
+    # the parsed list bench_e2e records, else (older files) the --settings value in argv
     missing = [name for name in m.get("settings") or _requested_settings(m.get("argv", [])) if name not in rows]
     if missing:  # a run cut short (budget, crash) saves the settings it finished: say which are absent
         lines += ["", "Not measured: " + ", ".join(f"`{name}`" for name in missing)
                   + " (in the command, no results in the JSON: the run ended before it finished them)."]
-    lines += ["", f"Issue 5's goals (Qwen3-4B shape, H100, at 128K; all layers sliding, W=2048, k=100): TTFT >= {TTFT_GOAL}x, "
+    lines += ["", f"Speed goals (Qwen3-4B shape, H100, at 128K; all layers sliding, W=2048, k=100): TTFT >= {TTFT_GOAL}x, "
               f"decode >= {DECODE_E2E_GOAL}x vanilla; balanced: TTFT >= {BALANCED_TTFT_GOAL}x.", ""]
     lines += layer_mix_markdown(e2e)
     return lines

@@ -16,25 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script from anywhere
+from niah.scoring import wilson  # noqa: E402
+
 POSITION_LABELS = {"inside": "needle inside window", "outside": "needle outside window"}
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of k successes in n trials."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # Clamped so that the interval always holds p (rounding can put centre + half a hair below 1).
-    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 def cells(result: dict[str, Any]) -> dict[tuple[int, int], dict[str, dict[str, tuple[int, int]]]]:

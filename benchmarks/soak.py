@@ -22,8 +22,8 @@ allocator outright, and refuses while requests run), so it is only called with `
 
 Prints a table and writes JSON (``--out``) with the GPU name (``/v1/loads`` ``accelerator``,
 else nvidia-smi), the date and the command. ``--launch "ARGS"`` starts
-``python -m swaa_sglang.launch_server ARGS --port PORT`` itself, waits for ``/health`` and
-stops it afterwards.
+``python -m swaa_sglang.launch_server ARGS --port PORT`` itself (``--launch-command`` replaces
+the command), waits for ``/health`` and stops it afterwards.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import math
 import os
 import random
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -46,7 +45,9 @@ import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime, timezone
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
+
+from common import add_launch_args, launch_server, make_parser, stop_server
 
 TOKEN_LO, TOKEN_HI = 100, 30000  # ids valid in any vocabulary of 32k or more
 
@@ -361,44 +362,7 @@ def _status_of(resp: tuple[int, Any]) -> dict:
     return {"status": status, "detail": error_text(status, body)}
 
 
-# -- launching, reporting ------------------------------------------------------------------------------
-LAUNCH_COMMAND = (sys.executable, "-m", "swaa_sglang.launch_server")
-
-
-def launch(launch_args: str, port: int, log_path: str, timeout: float,
-           command: Sequence[str] = LAUNCH_COMMAND) -> tuple[subprocess.Popen, str]:
-    """Start ``command ARGS --port PORT`` in a session of its own (so that ``stop`` ends all of
-    SGLang's processes) and wait for ``/health``."""
-    cmd = [*command, *shlex.split(launch_args), "--port", str(port)]
-    if Client(f"http://127.0.0.1:{port}").request("GET", "/health", timeout=5)[0] != 0:
-        # a server left from an earlier run would answer /health for the new one, and be measured instead
-        raise SystemExit(f"port {port} already answers: another server is running there; stop it or pick another --port")
-    log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode} before /health answered; log: {log_path}")
-        if Client(url).request("GET", "/health", timeout=5)[0] == 200:
-            return proc, url
-        time.sleep(2)
-    stop(proc)
-    raise SystemExit(f"server did not answer /health within {timeout:.0f} s; log: {log_path}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-
-
+# -- reporting ---------------------------------------------------------------------------------------
 def gpu_name(pool: Optional[dict]) -> Optional[str]:
     if pool and pool.get("accelerator"):
         return pool["accelerator"]
@@ -451,14 +415,12 @@ def print_table(report: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                epilog="Example: python benchmarks/soak.py --launch '--swaa-preset balanced "
+    p = make_parser(__doc__, epilog="Example: python benchmarks/soak.py --launch '--swaa-preset balanced "
                                 "--model-path Qwen/Qwen3-4B-Instruct-2507' --requests 1000 --concurrency 64")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="a running server, e.g. http://127.0.0.1:30000")
     where.add_argument("--launch", metavar="ARGS", help="start python -m swaa_sglang.launch_server ARGS here")
-    p.add_argument("--port", type=int, default=30000, help="port for --launch")
-    p.add_argument("--launch-timeout", type=float, default=900, help="seconds to wait for /health after --launch")
+    add_launch_args(p)
     p.add_argument("--server-log", default="soak_server.log", help="where the --launch server writes its output")
     p.add_argument("--faults", action="store_true", help="run the fault sequence instead of the soak")
     p.add_argument("--requests", type=int, default=1000, help="soak: number of requests")
@@ -498,7 +460,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     proc = None
     url = args.url
     if args.launch:
-        proc, url = launch(args.launch, args.port, args.server_log, args.launch_timeout)
+        proc, url = launch_server(shlex.split(args.launch), args.port, args.server_log, args.launch_timeout,
+                                  shlex.split(args.launch_command))
     try:
         client = Client(url, timeout=args.timeout)
         result = run_faults(client, args) if args.faults else run_soak(client, args)
@@ -508,7 +471,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             result["pool_after_flush"] = client.wait_idle()
     finally:
         if proc is not None:
-            stop(proc)
+            stop_server(proc)
     report = {
         "mode": "faults" if args.faults else "soak", "url": url,
         "gpu": gpu_name(result.get("pool_after") or result.get("pool_before")),

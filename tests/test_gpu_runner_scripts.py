@@ -1,4 +1,5 @@
-"""The GPU-host runner scripts (gpu_pair.sh, gpu_queue.sh) driven on CPU against a fake gpu_host.sh:
+"""The GPU-host runner scripts (benchmarks/gpu_host/: pair.sh, queue.sh, run.sh) driven on CPU, pair.sh and
+queue.sh against a fake run.sh:
 job strings reach the steps with their quoting, cards are assigned, failures are reported, and a
 background queue can be waited on and skipped, its jobs running from the snapshot taken at start."""
 
@@ -13,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+GPU_HOST = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_host"
 
 FAKE_HOST = """#!/usr/bin/env bash
-# fake gpu_host.sh: record what the job passed, then act on the step name
+# fake run.sh: record what the job passed, then act on the step name
 { echo "cuda=$CUDA_VISIBLE_DEVICES"; echo "k=${PYTEST_K:-}"; echo "tag=${LOG_TAG:-}"; echo "skip_install=$SWAA_SKIP_INSTALL";
   for s in "$@"; do echo "step=$s"; done; } > "$SWAA_RESULTS_DIR/args.txt"
 for s in "$@"; do
@@ -32,10 +33,10 @@ exit 0
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     root = tmp_path / "repo"
-    (root / "benchmarks").mkdir(parents=True)
-    for name in ("gpu_job.sh", "gpu_pair.sh", "gpu_queue.sh"):
-        shutil.copy(BENCH / name, root / "benchmarks" / name)
-    (root / "benchmarks" / "gpu_host.sh").write_text(FAKE_HOST)
+    (root / "benchmarks" / "gpu_host").mkdir(parents=True)
+    for name in ("job.sh", "pair.sh", "queue.sh"):
+        shutil.copy(GPU_HOST / name, root / "benchmarks" / "gpu_host" / name)
+    (root / "benchmarks" / "gpu_host" / "run.sh").write_text(FAKE_HOST)
     return root
 
 
@@ -48,7 +49,7 @@ def _env(tmp_path: Path) -> dict:
 
 
 def test_gpu_pair_passes_quoted_jobs_one_card_each_and_fails_when_a_job_does(tree, tmp_path):
-    r = subprocess.run(["bash", "benchmarks/gpu_pair.sh", "60", 'PYTEST_K="tensor or True" LOG_TAG=_a models',
+    r = subprocess.run(["bash", "benchmarks/gpu_host/pair.sh", "60", 'PYTEST_K="tensor or True" LOG_TAG=_a models',
                         "LOG_TAG=_b ops fail"], cwd=tree, env=_env(tmp_path), capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 1, r.stdout + r.stderr
@@ -61,7 +62,7 @@ def test_gpu_pair_passes_quoted_jobs_one_card_each_and_fails_when_a_job_does(tre
 
 
 def _queue(tree: Path, tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "benchmarks/gpu_queue.sh", *args], cwd=tree, env=_env(tmp_path),
+    return subprocess.run(["bash", "benchmarks/gpu_host/queue.sh", *args], cwd=tree, env=_env(tmp_path),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -80,18 +81,19 @@ def test_gpu_queue_refuses_empty_work_and_does_not_wait_on_a_missing_runner(tree
     assert r.returncode == 2 and "at least one job" in r.stderr
     r = _queue(tree, tmp_path, "wait", "600", timeout=60)  # a fresh host: no queue, no endless wait
     assert r.returncode == 1 and "no queue is running" in r.stderr
-    r = subprocess.run(["bash", "benchmarks/gpu_pair.sh", "60", "LOG_TAG=_only_env"], cwd=tree, env=_env(tmp_path),
+    r = subprocess.run(["bash", "benchmarks/gpu_host/pair.sh", "60", "LOG_TAG=_only_env"], cwd=tree, env=_env(tmp_path),
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1 and "no steps in job" in r.stdout + r.stderr  # not gpu_host.sh's default steps
+    assert r.returncode == 1 and "no steps in job" in r.stdout + r.stderr  # not run.sh's default steps
     assert not Path("/tmp/res/job0/args.txt").exists()
 
 
+@pytest.mark.slow
 def test_gpu_queue_runs_in_the_background_and_a_hung_job_can_be_skipped(tree, tmp_path):
     q = tmp_path / "queue"
     r = _queue(tree, tmp_path, "start", 'PYTEST_K="a or b" ops', "hang", "CUDA_VISIBLE_DEVICES=0,1 models")
     assert r.returncode == 0, r.stderr
     # the queue runs from the snapshot taken at start: breaking the tree now changes nothing
-    (tree / "benchmarks" / "gpu_host.sh").write_text("#!/usr/bin/env bash\nexit 9\n")
+    (tree / "benchmarks" / "gpu_host" / "run.sh").write_text("#!/usr/bin/env bash\nexit 9\n")
     assert _queue(tree, tmp_path, "start", "ops").returncode == 2  # one queue at a time
 
     deadline = time.time() + 60
@@ -119,11 +121,11 @@ def test_two_gpu_queues_run_side_by_side_each_in_its_own_directory(tree, tmp_pat
     its own jobs, and each wait brings back a tarball named after its directory with only its jobs."""
     env_b = {**_env(tmp_path), "SWAA_QUEUE_DIR": str(tmp_path / "queueB")}
     assert _queue(tree, tmp_path, "start", "LOG_TAG=_a ops").returncode == 0
-    r = subprocess.run(["bash", "benchmarks/gpu_queue.sh", "start", "LOG_TAG=_b models", "ops"], cwd=tree, env=env_b,
+    r = subprocess.run(["bash", "benchmarks/gpu_host/queue.sh", "start", "LOG_TAG=_b models", "ops"], cwd=tree, env=env_b,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert _queue(tree, tmp_path, "wait", "60").returncode == 0
-    r = subprocess.run(["bash", "benchmarks/gpu_queue.sh", "wait", "60"], cwd=tree, env=env_b,
+    r = subprocess.run(["bash", "benchmarks/gpu_host/queue.sh", "wait", "60"], cwd=tree, env=env_b,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "end job 01: exit 0" in r.stdout, r.stdout
     assert _args(tmp_path / "queue" / "job00" / "args.txt")[2:] == ["tag=_a", "skip_install=1", "step=ops"]
@@ -139,8 +141,8 @@ def test_gpu_host_saves_flashinfer_kernels_and_loads_them_as_aot_modules(tmp_pat
     host, parts carried in .gpujit) unpacks them where FlashInfer loads modules without compiling.
     An unknown step fails instead of being skipped."""
     root = tmp_path / "repo"
-    (root / "benchmarks").mkdir(parents=True)
-    shutil.copy(BENCH / "gpu_host.sh", root / "benchmarks" / "gpu_host.sh")
+    (root / "benchmarks" / "gpu_host").mkdir(parents=True)
+    shutil.copy(GPU_HOST / "run.sh", root / "benchmarks" / "gpu_host" / "run.sh")
     home = tmp_path / "home"
     modules = {"batch_prefill_a": os.urandom(40_000), "single_decode_b": os.urandom(1000)}
     for name, data in modules.items():
@@ -154,7 +156,7 @@ def test_gpu_host_saves_flashinfer_kernels_and_loads_them_as_aot_modules(tmp_pat
     (tmp_path / "out").mkdir()
 
     def host(*steps):
-        return subprocess.run(["bash", "benchmarks/gpu_host.sh", *steps], cwd=root, env=env, capture_output=True,
+        return subprocess.run(["bash", "benchmarks/gpu_host/run.sh", *steps], cwd=root, env=env, capture_output=True,
                               text=True, timeout=60)
 
     r = host("savejit")
@@ -190,8 +192,8 @@ def test_gpu_host_soak_and_fault_steps_build_the_server_command(tmp_path):
     """The faults step runs two rounds by default; SOAK_PRESET=vanilla serves stock SGLang (flashinfer,
     no SWAA flag) through the same launcher as a control; SOAK_ARGS / FAULT_ARGS reach the command."""
     root = tmp_path / "repo"
-    (root / "benchmarks").mkdir(parents=True)
-    shutil.copy(BENCH / "gpu_host.sh", root / "benchmarks" / "gpu_host.sh")
+    (root / "benchmarks" / "gpu_host").mkdir(parents=True)
+    shutil.copy(GPU_HOST / "run.sh", root / "benchmarks" / "gpu_host" / "run.sh")
     fakebin = tmp_path / "bin"
     fakebin.mkdir()
     (fakebin / "python3").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$ARGS_OUT"\n')
@@ -200,7 +202,7 @@ def test_gpu_host_soak_and_fault_steps_build_the_server_command(tmp_path):
             "SWAA_RESULTS_DIR": str(tmp_path / "res"), "ARGS_OUT": str(tmp_path / "args.txt")}
 
     def argv(step, **env):
-        r = subprocess.run(["bash", "benchmarks/gpu_host.sh", step], cwd=root, env={**base, **env},
+        r = subprocess.run(["bash", "benchmarks/gpu_host/run.sh", step], cwd=root, env={**base, **env},
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         return (tmp_path / "args.txt").read_text().splitlines()

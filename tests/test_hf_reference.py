@@ -381,18 +381,21 @@ def test_tiny_models_forward_and_generate(kind):
 @pytest.mark.slow
 def test_cli_generates_greedily_with_the_chat_template(smollm2_path, capsys):
     assert hf.main(["--prompt", "What is the capital of France?", "--model-path", smollm2_path,
-                    "--preset", "sink10-2k", "--max-new-tokens", "12", "--device", "cpu"]) == 0  # fmt: skip
+                    "--swaa-preset", "sink10-2k", "--max-new-tokens", "12", "--device", "cpu"]) == 0  # fmt: skip
     captured = capsys.readouterr()
     assert "Paris" in captured.out
     assert '"sliding_window_size": 2048' in captured.err and '"keep_first": 10' in captured.err
 
 
 def test_cli_config_flags():
+    """The reference CLI takes the server's --swaa-* flags (swaa_sglang.cli), without window eviction."""
     parse = hf.build_parser().parse_args
-    args = parse(["--prompt", "x", "--preset", "balanced", "--window", "512", "--fa-decode", "even"])
+    args = parse(["--prompt", "x", "--swaa-preset", "balanced", "--swaa-window", "512", "--swaa-fa-decode", "even"])
     assert hf.build_config(args) == SWAAConfig(512, 100, force_fa_decode="even", non_sliding_layers="odd")
-    args = parse(["--prompt", "x", "--window", "64", "--keep-first", "4", "--full-layers", "every:4:3"])
+    args = parse(["--prompt", "x", "--swaa-window", "64", "--swaa-keep-first", "4", "--swaa-full-layers", "every:4:3"])
     assert hf.build_config(args) == SWAAConfig(64, 4, non_sliding_layers="every:4:3")
     assert hf.build_config(parse(["--prompt", "x"])) == SWAAConfig()
     with pytest.raises(SystemExit):
-        hf.main(["--prompt", "x", "--window", "-3"])
+        hf.main(["--prompt", "x", "--swaa-window", "-3"])
+    with pytest.raises(SystemExit):  # a serving memory knob, not a flag of the reference
+        parse(["--prompt", "x", "--swaa-evict-window", "on"])

@@ -23,6 +23,7 @@ def _run(code: str, *args: str, env_extra: dict | None = None, timeout: int = 60
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
+@pytest.mark.slow
 def test_entry_point_registers_backend_in_a_fresh_process():
     """SGLang's own plugin loader finds our entry point and the name becomes a valid choice."""
     code = (
@@ -46,10 +47,10 @@ def test_entry_point_registers_backend_in_a_fresh_process():
     assert "registered" in r.stdout
 
 
-def test_mixed_batch_marking_survives_the_eager_runner_copy():
+@pytest.mark.slow
+def test_batch_marking_survives_the_eager_runner_copy():
     """The eager runner hands the model a copy of the ForwardBatch built from its dataclass fields;
-    the marking of generated rows in mixed batches must reach the copy (GPU run 2026-11-28 caught
-    its loss: 'mixed prefill/decode batch arrived without its generated rows marked')."""
+    the batch's marking (its requests' prompt lengths) must reach the copy."""
     code = (
         "import dataclasses, os\n"
         "os.environ['SGLANG_EAGER_INPUT_NO_COPY'] = '1'  # the copy is dataclasses.replace: runs on CPU\n"
@@ -61,20 +62,24 @@ def test_mixed_batch_marking_survives_the_eager_runner_copy():
         "            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}\n"
         "fb = ForwardBatch(**required)\n"
         "fb.forward_mode = ForwardMode.MIXED\n"
-        "fb.swaa_mixed_decode_rows = 3\n"
+        "import torch\n"
+        "from attention_backends.planning import GENERATED_FROM_ATTR\n"
+        "setattr(fb, GENERATED_FROM_ATTR, torch.tensor([5, 7]))\n"
         "out = EagerRunner.load_batch(EagerRunner.__new__(EagerRunner), fb)\n"
         "assert out is not fb\n"
-        "print('rows on the copy:', getattr(out, 'swaa_mixed_decode_rows', None))\n"
+        "marked = getattr(out, GENERATED_FROM_ATTR, None)\n"
+        "print('marking on the copy:', None if marked is None else marked.tolist())\n"
     )
     r = _run(code)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.strip().endswith("rows on the copy: 3"), r.stdout
+    assert r.stdout.strip().endswith("marking on the copy: [5, 7]"), r.stdout
     # control: without the plugin the copy loses the attribute (so the check above can fail)
     r = _run(code, env_extra={"SGLANG_PLUGINS": "someone_else"})
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.strip().endswith("rows on the copy: None"), r.stdout
+    assert r.stdout.strip().endswith("marking on the copy: None"), r.stdout
 
 
+@pytest.mark.slow
 def test_sglang_plugins_whitelist_can_exclude_us():
     code = (
         "from sglang.srt.plugins import load_plugins\n"
@@ -99,21 +104,41 @@ def test_plugin_failure_is_loud(monkeypatch):
         plugin.load()
 
 
-def test_launch_server_help_lists_swaa_flags():
-    r = subprocess.run([sys.executable, "-m", "swaa_sglang.launch_server", "--help"], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    for flag in ("--swaa-preset", "--swaa-config", "--swaa-window", "--swaa-keep-first", "--swaa-fa-decode",
-                 "--swaa-full-layers", "--model-path", "--json-model-override-args", "balanced"):
-        assert flag in r.stdout, flag
-    assert "sliding window attention adaptation" in r.stdout.lower()
-
-
 def _prepare(*argv: str) -> dict:
     return prepare_in_subprocess(
         "out = {'backend': sa.attention_backend, 'override': sa.json_model_override_args,\n"
         "       'no_prefill_graph': sa.disable_prefill_cuda_graph, 'model': sa.model_path}", *argv)
 
 
+@pytest.mark.slow
+def test_every_swaa_flag_reaches_the_config_the_workers_get():
+    """Each --swaa-* flag of the launcher lands in its SWAA field of the override SGLang hands every worker."""
+    out = _prepare("--swaa-window", "96", "--swaa-keep-first", "5", "--swaa-fa-decode", "odd",
+                   "--swaa-full-layers", "0,1", "--swaa-evict-window", "on")
+    assert out["backend"] == "swaa"
+    got = SWAAConfig.from_dict(json.loads(out["override"])["swaa"])
+    assert got == SWAAConfig(96, 5, force_fa_decode="odd", non_sliding_layers=[0, 1], evict_window=True)
+
+
+@pytest.mark.slow
+def test_model_refusal_needs_no_device_flag():
+    """A SWAA field that does not fit the model is refused with the field's message before SGLang looks
+    for an accelerator: no --device cpu on this GPU-less machine."""
+    code = (
+        "import sys\n"
+        "from swaa_sglang.launch_server import prepare_server_args\n"
+        "try:\n"
+        "    prepare_server_args(sys.argv[1:])\n"
+        "except ValueError as e:\n"
+        "    print('ERROR:' + str(e))\n"
+    )
+    r = _run(code, "--model-path", QWEN3_CONFIG, "--load-format", "dummy", "--swaa-window", "64",
+             "--swaa-full-layers", "999")
+    assert "ERROR:non_sliding_layers: layer ids [999] are out of range; this model has 28 layers" in r.stdout, (
+        r.stdout[-2000:] + r.stderr[-3000:])
+
+
+@pytest.mark.slow
 def test_launch_server_folds_flags_into_override_args():
     out = _prepare("--swaa-preset", "balanced", "--swaa-keep-first", "4", "--json-model-override-args", '{"rope_theta": 5}')
     assert out["backend"] == "swaa"
@@ -123,6 +148,7 @@ def test_launch_server_folds_flags_into_override_args():
     assert SWAAConfig.from_dict(override["swaa"]) == SWAAConfig(2048, 4, True, "odd")
 
 
+@pytest.mark.slow
 def test_launch_server_reports_bad_config_with_field(tmp_path):
     assert _prepare("--swaa-window", "0")["error"].startswith("sliding_window_size: must be an integer >= 1")
     assert _prepare("--swaa-window", "64", "--swaa-full-layers", "40")["error"].startswith(
@@ -136,6 +162,7 @@ def test_launch_server_reports_bad_config_with_field(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_plain_sglang_args_with_override_json_are_checked_too():
     """python -m sglang.launch_server --attention-backend swaa --json-model-override-args ...: same checks."""
     code = (
@@ -193,22 +220,28 @@ def test_mixed_chunk_allowed_with_and_without_fa_decode():
     assert check_server_args(both) == SWAAConfig(64, 4)
 
 
-def test_mixed_batches_mark_their_generated_rows():
-    """The ForwardBatch hook counts ScheduleBatch.decoding_reqs; the backend refuses unmarked mixed batches."""
-    from attention_backends.backend import mixed_decode_rows
-    from swaa_sglang.serving.batch_marking import _mark_mixed_decode_rows
+def test_extend_batches_mark_their_prompt_lengths():
+    """The ForwardBatch hook, called as HookRegistry calls the classmethod ((result, cls, batch,
+    model_runner), by position or by name), marks an extend batch with its requests' prompt lengths;
+    a decode batch needs none; the backend refuses an extend batch without the marking."""
+    from attention_backends.backend import generated_from
+    from attention_backends.planning import GENERATED_FROM_ATTR
+    from swaa_sglang.serving import batch_marking
 
-    def fb(mixed: bool):
-        return types.SimpleNamespace(forward_mode=types.SimpleNamespace(is_mixed=lambda: mixed))
+    (hook,) = [h for h in batch_marking.HOOKS if h.target.path.endswith("ForwardBatch.init_new")]
+    mark = hook.wrapper()
 
-    batch = types.SimpleNamespace(decoding_reqs=["r1", "r2", "r3"])
-    marked = _mark_mixed_decode_rows(fb(True), object, batch, None)
-    assert marked.swaa_mixed_decode_rows == 3 and mixed_decode_rows(marked) == 3
-    assert _mark_mixed_decode_rows(fb(True), object, batch=types.SimpleNamespace(decoding_reqs=None)).swaa_mixed_decode_rows == 0
-    assert _mark_mixed_decode_rows(fb(False), object, batch, None).swaa_mixed_decode_rows == 0
-    assert mixed_decode_rows(fb(False)) == 0
-    with pytest.raises(RuntimeError, match="without its generated rows marked"):
-        mixed_decode_rows(fb(True))
+    def fb(decode: bool):
+        return types.SimpleNamespace(forward_mode=types.SimpleNamespace(is_decode_or_idle=lambda: decode),
+                                     extend_seq_lens_cpu=[4, 1])
+
+    batch = types.SimpleNamespace(reqs=[types.SimpleNamespace(origin_input_ids=[1, 2, 3]),
+                                        types.SimpleNamespace(origin_input_ids=[1] * 5)])
+    assert generated_from(mark(fb(False), object, batch, None)).tolist() == [3, 5]
+    assert generated_from(mark(fb(False), object, batch=batch, model_runner=None)).tolist() == [3, 5]
+    assert not hasattr(mark(fb(True), object, batch, None), GENERATED_FROM_ATTR)
+    with pytest.raises(RuntimeError, match="without its requests' prompt lengths marked"):
+        generated_from(fb(False))
 
 
 @pytest.mark.parametrize(
@@ -216,7 +249,7 @@ def test_mixed_batches_mark_their_generated_rows():
     [
         (ModelFacts(28, 4096, use_mla=True, architecture="DeepseekV3ForCausalLM"),
          "model: DeepseekV3ForCausalLM uses MLA attention"),
-        (ModelFacts(28, 4096, native_sliding_window=4095), "model: this model already has native sliding-window"),
+        (ModelFacts(28, 4096, sliding_window=4095), "model: this model already has native sliding-window"),
         (ModelFacts(28, 4096, is_encoder_decoder=True), "model: this model is an encoder-decoder model"),
         (ModelFacts(28, 50), "keep_first: 100 sink tokens exceed the context length 50"),
         (ModelFacts(3, 4096), "non_sliding_layers: layer ids [5] are out of range"),
@@ -239,6 +272,7 @@ def test_override_round_trip():
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "launch").glob("*.yaml"))
 
 
+@pytest.mark.slow
 def test_every_recipe_is_a_valid_sglang_config():
     """Each launch/ recipe goes through SGLang's own --config parser and our start-up checks."""
     from swaa_sglang.config import PRESETS

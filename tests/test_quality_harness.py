@@ -23,11 +23,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-import quality_niah as q
+import quality_niah
 import render_quality as rq
 from fake_http import JSONHandler
+from niah import benchmark, hf_runner, scoring, server_runner, task
+from niah import settings as niah_settings
 
-from swaa_sglang import SWAAConfig, visibility_mask
+from swaa_sglang import SWAAConfig, hf, visibility_mask
 
 WORDS = tuple(
     re.findall(
@@ -59,7 +61,7 @@ def tok(smollm2_tokenizer):
 
 @pytest.fixture(scope="module")
 def corpus(tok):
-    return q.Corpus(tok, synthetic_texts())
+    return task.Corpus(tok, synthetic_texts())
 
 
 # -- generator ------------------------------------------------------------------------------------
@@ -69,10 +71,10 @@ def test_corpus_unwraps_lines(corpus):
 
 
 def test_generator_is_deterministic_and_paired(tok, corpus):
-    a = q.make_samples(tok, corpus, 1024, 256, 3, seed=1)
-    b = q.make_samples(tok, corpus, 1024, 256, 3, seed=1)
+    a = task.make_samples(tok, corpus, 1024, 256, 3, seed=1)
+    b = task.make_samples(tok, corpus, 1024, 256, 3, seed=1)
     assert a == b
-    c = q.make_samples(tok, corpus, 1024, 256, 3, seed=2)
+    c = task.make_samples(tok, corpus, 1024, 256, 3, seed=2)
     assert [s.input_ids for s in a] != [s.input_ids for s in c]
     assert [s.position for s in a] == ["inside", "outside"] * 3
     for inside, outside in zip(a[::2], a[1::2]):  # paired: same needle, different place
@@ -86,7 +88,7 @@ def test_generator_is_deterministic_and_paired(tok, corpus):
 def test_needle_placement_against_the_visibility_rule(tok, corpus, context, window):
     max_new = 16
     cfg = SWAAConfig(sliding_window_size=window)
-    for smp in q.make_samples(tok, corpus, context, window, 5, seed=3, max_new_tokens=max_new):
+    for smp in task.make_samples(tok, corpus, context, window, 5, seed=3, max_new_tokens=max_new):
         ids, (start, end) = list(smp.input_ids), smp.needle_span
         n = len(ids)
         assert context - 24 <= n <= context
@@ -111,21 +113,21 @@ def test_needle_placement_against_the_visibility_rule(tok, corpus, context, wind
 
 def test_outside_depths_cycle(tok, corpus):
     depths = (0.2, 0.6)
-    outs = q.make_samples(tok, corpus, 2048, 256, 4, positions=("outside",), outside_depths=depths)
+    outs = task.make_samples(tok, corpus, 2048, 256, 4, positions=("outside",), outside_depths=depths)
     assert [s.target_depth for s in outs] == [0.2, 0.6, 0.2, 0.6]
     assert outs[0].depth < 0.3 and outs[1].depth > 0.5
 
 
 def test_window_too_large_for_outside_is_refused(tok, corpus):
     with pytest.raises(ValueError):
-        q.make_sample(tok, corpus, 1024, 1000, "outside", 0, outside_depths=(0.7,))
+        task.make_sample(tok, corpus, 1024, 1000, "outside", 0, outside_depths=(0.7,))
 
 
 def test_no_answer_prefix(tok, corpus):
-    smp = q.make_sample(tok, corpus, 1024, 256, "inside", 0, use_answer_prefix=False)
+    smp = task.make_sample(tok, corpus, 1024, 256, "inside", 0, use_answer_prefix=False)
     assert smp.answer_prefix == ""
     assert smp.prompt.endswith("<|im_start|>assistant\n")
-    assert smp.messages[-1]["content"].endswith(q.QUESTION.format(city=smp.city))
+    assert smp.messages[-1]["content"].endswith(task.QUESTION.format(city=smp.city))
 
 
 # -- scoring --------------------------------------------------------------------------------------
@@ -144,22 +146,22 @@ def test_no_answer_prefix(tok, corpus):
     ],
 )
 def test_score(answer, ok):
-    assert q.score(answer, "4519543") is ok
+    assert scoring.score(answer, "4519543") is ok
 
 
 def test_settings_and_prefill_groups():
-    settings = {s.name: s for s in q.build_settings(512, 64)}
-    assert list(settings) == list(q.SETTING_NAMES)
+    settings = {s.name: s for s in niah_settings.build_settings(512, 64)}
+    assert list(settings) == list(niah_settings.SETTING_NAMES)
     assert settings["full"].config == SWAAConfig()
     assert settings["sw+sink+fa+odd"].config == SWAAConfig(
         sliding_window_size=512, keep_first=64, force_fa_decode=True, non_sliding_layers="odd"
     )
-    key = {n: q.prefill_key(s.config, 30) for n, s in settings.items()}
+    key = {n: niah_settings.prefill_key(s.config, 30) for n, s in settings.items()}
     assert key["sw"] == key["sw+fa"] and key["sw+sink"] == key["sw+sink+fa"]
     assert key["sw+sink+odd"] == key["sw+sink+fa+odd"]
     assert len(set(key.values())) == 4
     with pytest.raises(ValueError, match="unknown setting"):
-        q.build_settings(512, names=["nope"])
+        niah_settings.build_settings(512, names=["nope"])
 
 
 # -- server runner against a fake OpenAI server ------------------------------------------------------
@@ -185,7 +187,7 @@ class FakeOpenAI:
                     text = body["messages"][-1]["content"]
                 value = re.search(r"magic number for [A-Za-z ]+ is (\d{7})\.", text).group(1)
                 city = re.search(r"magic number for ([A-Za-z ]+) mentioned", text).group(1)
-                index = [c for c in q.CITIES].index(city)  # any deterministic split of the samples
+                index = [c for c in task.CITIES].index(city)  # any deterministic split of the samples
                 answer = f" {value}." if index % 2 == 0 else f" {int(value) - 1}."
                 if self.path == "/v1/completions":
                     choice = {"index": 0, "text": answer, "finish_reason": "stop"}
@@ -208,10 +210,10 @@ class FakeOpenAI:
 
 @pytest.mark.parametrize("endpoint,prompt_format", [("completions", "ids"), ("completions", "text"), ("chat", "ids")])
 def test_server_runner_with_fake_server(tok, corpus, endpoint, prompt_format):
-    setting = q.Setting("balanced", "server config", SWAAConfig.from_dict({"preset": "balanced"}))
+    setting = niah_settings.Setting("balanced", "server config", SWAAConfig.from_dict({"preset": "balanced"}))
     with FakeOpenAI(tok) as fake:
-        runner = q.ServerRunner(fake.url, setting, max_new_tokens=12, endpoint=endpoint, prompt_format=prompt_format)
-        records = q.run_benchmark(
+        runner = server_runner.ServerRunner(fake.url, setting, max_new_tokens=12, endpoint=endpoint, prompt_format=prompt_format)
+        records = benchmark.run_benchmark(
             runner,
             tok,
             corpus,
@@ -226,7 +228,7 @@ def test_server_runner_with_fake_server(tok, corpus, endpoint, prompt_format):
     assert fake.requests[0] == ("/v1/models", {})
     posts = fake.requests[1:]
     assert len(posts) == len(records) == 6
-    samples = q.make_samples(tok, corpus, 1024, 256, 3, seed=5, max_new_tokens=12)
+    samples = task.make_samples(tok, corpus, 1024, 256, 3, seed=5, max_new_tokens=12)
     for (path, body), smp, rec in zip(posts, samples, records):
         assert body["model"] == "fake-smollm2"
         assert body["max_tokens"] == 12 and body["temperature"] == 0
@@ -237,7 +239,7 @@ def test_server_runner_with_fake_server(tok, corpus, endpoint, prompt_format):
         else:
             assert path == "/v1/completions"
             assert body["prompt"] == (list(smp.input_ids) if prompt_format == "ids" else smp.prompt)
-        expect = q.CITIES.index(smp.city) % 2 == 0
+        expect = task.CITIES.index(smp.city) % 2 == 0
         assert rec["correct"] is expect and rec["sample_id"] == smp.sample_id
         assert rec["setting"] == "balanced" and rec["answer_tokens"] == 9
     assert 0 < sum(r["correct"] for r in records) < len(records)  # both outcomes occur
@@ -250,7 +252,7 @@ def test_cli_server_run_writes_json_table_and_chart(tok, tmp_path):
         argv = ["--runner", "server", "--server-url", fake.url, "--server-setting", "sw+sink+fa", "--server-swaa", swaa,
                 "--context-lengths", "1024", "--windows", "256", "--samples", "2", "--no-progress", "--out", str(out),
                 "--render"]  # fmt: skip
-        assert q.main(argv) == 0
+        assert quality_niah.main(argv) == 0
     result = json.loads(out.read_text())
     assert result["machine"]["torch"] == torch.__version__ and result["machine"]["transformers"]
     assert result["date"].startswith("20") and "--server-setting sw+sink+fa" in result["command"]
@@ -259,7 +261,7 @@ def test_cli_server_run_writes_json_table_and_chart(tok, tmp_path):
     assert result["runner"]["endpoint"] == "completions" and result["task"]["samples_per_cell"] == 2
     assert len(result["records"]) == 4 and not (tmp_path / "q.json.partial.jsonl").exists()
     for rec in result["records"]:
-        assert rec["correct"] is (q.CITIES.index(rec["city"]) % 2 == 0)
+        assert rec["correct"] is (task.CITIES.index(rec["city"]) % 2 == 0)
     summary = {r["position"]: (r["correct"], r["n"]) for r in result["summary"]}
     assert sorted(summary) == ["inside", "outside"] and all(n == 2 for _, n in summary.values())
     md = (tmp_path / "q.md").read_text()
@@ -268,11 +270,11 @@ def test_cli_server_run_writes_json_table_and_chart(tok, tmp_path):
 
 
 def test_server_runner_refuses_non_loopback():
-    setting = q.Setting("s", "", SWAAConfig())
+    setting = niah_settings.Setting("s", "", SWAAConfig())
     for url in ("http://10.1.2.3:30000", "http://example.com", "ftp://127.0.0.1:1"):
         with pytest.raises(ValueError, match="loopback"):
-            q.ServerRunner(url, setting)
-    q.ServerRunner("http://localhost:30000", setting)
+            server_runner.ServerRunner(url, setting)
+    server_runner.ServerRunner("http://localhost:30000", setting)
 
 
 # -- HF runner: blockwise attention and shared prefills on a tiny random Llama ----------------------------
@@ -302,32 +304,90 @@ def tiny_llama():
 
 
 TINY_SETTINGS = [
-    q.Setting("full", "", SWAAConfig()),
-    q.Setting("sw", "", SWAAConfig(sliding_window_size=40)),
-    q.Setting("sw+fa", "", SWAAConfig(sliding_window_size=40, force_fa_decode=True)),
-    q.Setting("sw+sink", "", SWAAConfig(sliding_window_size=40, keep_first=5)),
-    q.Setting("sw+sink+fa", "", SWAAConfig(sliding_window_size=40, keep_first=5, force_fa_decode=True)),
-    q.Setting("sw+sink+fa+odd", "", SWAAConfig(40, 5, True, "odd")),
-    q.Setting("sw+sink+fa01", "", SWAAConfig(40, 5, [0, 1], [3])),
+    niah_settings.Setting("full", "", SWAAConfig()),
+    niah_settings.Setting("sw", "", SWAAConfig(sliding_window_size=40)),
+    niah_settings.Setting("sw+fa", "", SWAAConfig(sliding_window_size=40, force_fa_decode=True)),
+    niah_settings.Setting("sw+sink", "", SWAAConfig(sliding_window_size=40, keep_first=5)),
+    niah_settings.Setting("sw+sink+fa", "", SWAAConfig(sliding_window_size=40, keep_first=5, force_fa_decode=True)),
+    niah_settings.Setting("sw+sink+fa+odd", "", SWAAConfig(40, 5, True, "odd")),
+    niah_settings.Setting("sw+sink+fa01", "", SWAAConfig(40, 5, [0, 1], [3])),
 ]
 
 
+@pytest.mark.slow
 def test_blockwise_attention_equals_reference(tiny_llama, monkeypatch):
-    monkeypatch.setattr(q, "BLOCK", 32)  # several query blocks
+    monkeypatch.setattr(hf, "BLOCKWISE_QUERY_BLOCK", 32)  # several query blocks
     ids = torch.randint(3, 300, (1, 150), generator=torch.Generator().manual_seed(1))
     for s in TINY_SETTINGS:
         logits = {}
         for attention in ("reference", "blockwise"):
-            q.use_config(tiny_llama, s.config, attention)
+            hf_runner.use_config(tiny_llama, s.config, attention)
             with torch.no_grad():
                 # 120 prompt tokens then 30 rows marked as decode rows: prefill and FA decode both exercised.
                 logits[attention] = tiny_llama(ids, swaa_prompt_len=120).logits[0]
         torch.testing.assert_close(logits["blockwise"], logits["reference"], atol=2e-5, rtol=1e-5, msg=s.name)
     # The masks differ between settings (the test would catch an implementation that ignores them).
-    q.use_config(tiny_llama, SWAAConfig(), "blockwise")
+    hf_runner.use_config(tiny_llama, SWAAConfig(), "blockwise")
     with torch.no_grad():
         full = tiny_llama(ids).logits[0, -1]
     assert not torch.allclose(full, logits["blockwise"][-1], atol=1e-3)
+
+
+def _attention_module(config: SWAAConfig, layer: int, num_layers: int = 4):
+    """What swaa_sglang.hf's attention functions read from an attention module: its layer and the SWAA state."""
+    import types
+
+    return types.SimpleNamespace(layer_idx=layer, training=False,
+                                 _swaa_state=hf._SWAAState(config.resolved(num_layers)))
+
+
+@pytest.mark.parametrize("config", [
+    SWAAConfig(sliding_window_size=24, keep_first=3),  # sinks: a block's keys are sinks + window
+    SWAAConfig(sliding_window_size=24),
+    SWAAConfig(sliding_window_size=24, keep_first=3, force_fa_decode=True),  # decode rows see everything
+    SWAAConfig(sliding_window_size=24, keep_first=3, non_sliding_layers=[0]),  # layer 0 full
+], ids=["sinks", "window", "fa-decode", "full-layer"])
+@pytest.mark.parametrize("layer", [0, 1])
+def test_blockwise_attention_forward_equals_the_eager_path(config, layer, monkeypatch):
+    """hf.blockwise_attention_forward against hf.swaa_attention_forward on the same tensors: a prompt in
+    several query blocks, then a chunk after a cache (prompt rows and decode rows), grouped-query heads."""
+    monkeypatch.setattr(hf, "BLOCKWISE_QUERY_BLOCK", 16)
+    gen = torch.Generator().manual_seed(layer)
+    heads, kv_heads, dim = 4, 2, 8
+
+    def qkv(q_len: int, kv_len: int):
+        return (torch.randn(1, heads, q_len, dim, generator=gen), torch.randn(1, kv_heads, kv_len, dim, generator=gen),
+                torch.randn(1, kv_heads, kv_len, dim, generator=gen))
+
+    for q_len, kv_len, prompt_len in [(70, 70, 70), (30, 100, 90), (1, 101, 90)]:
+        q, k, v = qkv(q_len, kv_len)
+        out = {}
+        for name, fn in (("eager", hf.swaa_attention_forward), ("blockwise", hf.blockwise_attention_forward)):
+            module = _attention_module(config, layer)
+            out[name], weights = fn(module, q, k, v, None, scaling=0.3, swaa_prompt_len=prompt_len)
+            assert weights is None and out[name].shape == (1, q_len, heads, dim)
+        torch.testing.assert_close(out["blockwise"], out["eager"], atol=1e-5, rtol=1e-5,
+                                   msg=f"q {q_len}, kv {kv_len}, prompt {prompt_len}")
+    # the window matters here: full attention gives another output for the last chunk's queries
+    full, _ = hf.swaa_attention_forward(_attention_module(SWAAConfig(), layer), q, k, v, None, scaling=0.3,
+                                        swaa_prompt_len=prompt_len)
+    if config.is_sliding(layer) and not config.uses_fa_decode(layer):
+        assert not torch.allclose(full, out["blockwise"], atol=1e-3)
+
+
+def test_blockwise_attention_refuses_what_it_cannot_compute(tiny_llama):
+    module = _attention_module(SWAAConfig(sliding_window_size=8), 0)
+    q, k = torch.zeros(2, 4, 5, 8), torch.zeros(2, 2, 5, 8)
+    with pytest.raises(ValueError, match="batch size 1 only; got 2"):
+        hf.blockwise_attention_forward(module, q, k, k, None)
+    with pytest.raises(ValueError, match="expects no attention mask"):
+        hf.blockwise_attention_forward(module, q[:1], k[:1], k[:1], torch.ones(1, 1, 5, 5, dtype=torch.bool))
+    import types
+
+    with pytest.raises(ValueError, match="attach a SWAA config first"):
+        hf.blockwise_attention_forward(types.SimpleNamespace(layer_idx=0), q[:1], k[:1], k[:1], None)
+    with pytest.raises(ValueError, match="implementation: 'sdpa'; allowed: swaa, swaa_blockwise"):
+        hf.set_attention(tiny_llama, "sdpa")
 
 
 class _StubTokenizer:
@@ -337,15 +397,16 @@ class _StubTokenizer:
         return " ".join(map(str, ids))
 
 
+@pytest.mark.slow
 def test_hf_runner_shared_prefill_matches_generate(tiny_llama, monkeypatch):
-    monkeypatch.setattr(q, "BLOCK", 32)
+    monkeypatch.setattr(hf, "BLOCKWISE_QUERY_BLOCK", 32)
     prompt = torch.randint(3, 300, (100,), generator=torch.Generator().manual_seed(2)).tolist()
-    runner = q.HFRunner(tiny_llama, _StubTokenizer(), max_new_tokens=12, attention="blockwise")
+    runner = hf_runner.HFRunner(tiny_llama, _StubTokenizer(), max_new_tokens=12, attention="blockwise")
     smp = type("S", (), {"input_ids": tuple(prompt)})()
     got = runner.answer(smp, TINY_SETTINGS)
     assert list(got) == [s.name for s in TINY_SETTINGS]
     for s in TINY_SETTINGS:
-        q.use_config(tiny_llama, s.config, "reference")
+        hf_runner.use_config(tiny_llama, s.config, "reference")
         with torch.no_grad():
             out = tiny_llama.generate(
                 torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=2, pad_token_id=0
@@ -447,14 +508,14 @@ def test_renderer_compares_two_runs_sample_by_sample(tmp_path):
     assert "servers=" not in md  # listed one per line, not dumped into the runner line
 
 def test_wilson_interval():
-    lo, hi = rq.wilson(0, 10)
+    lo, hi = scoring.wilson(0, 10)
     assert lo == 0 and 0.2 < hi < 0.35
-    lo, hi = rq.wilson(5, 10)
+    lo, hi = scoring.wilson(5, 10)
     assert lo < 0.5 < hi
-    assert rq.wilson(10, 10)[1] == 1.0
+    assert scoring.wilson(10, 10)[1] == 1.0
     for n in range(1, 41):  # error bars must never be negative
         for k in range(n + 1):
-            lo, hi = rq.wilson(k, n)
+            lo, hi = scoring.wilson(k, n)
             assert 0 <= lo <= k / n <= hi <= 1, (k, n, lo, hi)
 
 
@@ -509,6 +570,7 @@ def _fake_launch_command(tmp_path: Path, monkeypatch) -> tuple[str, Path]:
     return f"{sys.executable} {fake}", launches
 
 
+@pytest.mark.slow
 def test_launch_runner_starts_one_server_per_config(smollm2_path, tmp_path, monkeypatch):
     """Full attention is one config at every window, so one stock-SGLang server answers it for both;
     every other (window, setting) gets a swaa server with its config as a file; each server is
@@ -521,7 +583,7 @@ def test_launch_runner_starts_one_server_per_config(smollm2_path, tmp_path, monk
             "--launch-args", "--mem-fraction-static 0.5", "--port", str(_free_port()), "--prompt-format", "text",
             "--settings", "full,sw,sw+sink", "--windows", "256,512", "--context-lengths", "1024", "--samples", "2",
             "--no-progress", "--out", str(out)]  # fmt: skip
-    assert q.main(argv) == 0
+    assert quality_niah.main(argv) == 0
     result = json.loads(out.read_text())
     started = [json.loads(line) for line in launches.read_text().splitlines()]
     assert len(started) == len(result["runner"]["servers"]) == 5  # full once, then sw and sw+sink per window
@@ -529,7 +591,7 @@ def test_launch_runner_starts_one_server_per_config(smollm2_path, tmp_path, monk
     assert len(full) == 1 and "--attention-backend" in full[0]["argv"]
     assert full[0]["argv"][full[0]["argv"].index("--attention-backend") + 1] == "flashinfer"
     swaa = sorted((s["config"]["sliding_window_size"], s["config"]["keep_first"]) for s in started if s["config"])
-    assert swaa == [(256, 0), (256, q.DEFAULT_SINKS), (512, 0), (512, q.DEFAULT_SINKS)]
+    assert swaa == [(256, 0), (256, task.DEFAULT_SINKS), (512, 0), (512, task.DEFAULT_SINKS)]
     for s in started:
         assert s["argv"][s["argv"].index("--model-path") + 1] == smollm2_path
         assert "--mem-fraction-static" in s["argv"] and "--swaa-preset" not in s["argv"]
@@ -545,6 +607,7 @@ def test_launch_runner_starts_one_server_per_config(smollm2_path, tmp_path, monk
     assert [s["name"] for s in result["settings"]["512"]] == ["full", "sw", "sw+sink"]
 
 
+@pytest.mark.slow
 def test_launch_runner_goes_on_after_a_server_that_fails(smollm2_path, tmp_path, monkeypatch):
     """A setting whose server does not start is recorded with its error; the other settings still
     run, the JSON is written, and the exit status says something failed."""
@@ -554,7 +617,7 @@ def test_launch_runner_goes_on_after_a_server_that_fails(smollm2_path, tmp_path,
     argv = ["--runner", "launch", "--launch-command", command, "--model-path", smollm2_path,
             "--port", str(_free_port()), "--prompt-format", "text", "--settings", "full,sw+sink,sw",
             "--windows", "256", "--context-lengths", "1024", "--samples", "1", "--no-progress", "--out", str(out)]
-    assert q.main(argv) == 1
+    assert quality_niah.main(argv) == 1
     result = json.loads(out.read_text())
     servers = {s["settings"][0]: s for s in result["runner"]["servers"]}
     assert "exited" in servers["sw+sink"]["error"] and "error" not in servers["full"] and "error" not in servers["sw"]

@@ -155,11 +155,14 @@ def _soak(*args: str, tmp_path: Path) -> tuple[int, dict, str]:
     return r.returncode, json.loads(out.read_text()), r.stdout
 
 
-def test_help():
-    r = subprocess.run([sys.executable, str(SOAK), "--help"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0
-    for flag in ("--url", "--launch", "--requests", "--concurrency", "--min-len", "--max-len", "--faults", "--out"):
-        assert flag in r.stdout, flag
+def test_bad_arguments_are_refused_before_any_request(tmp_path):
+    """Refusals name the field; nothing is sent (the URL has no server) and no report is written."""
+    for args, message in [(["--min-len", "10", "--max-len", "5"], "--min-len/--max-len: need 1 <= min-len <= max-len"),
+                          (["--faults", "--rounds", "0"], "--rounds: got 0; need at least 1")]:
+        r = subprocess.run([sys.executable, str(SOAK), "--url", "http://127.0.0.1:9", *args,
+                            "--out", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and message in r.stderr, r.stderr
+    assert not (tmp_path / "r.json").exists()
 
 
 def test_soak_counts_what_the_server_did(fake, tmp_path):
@@ -221,6 +224,7 @@ def test_faults_record_each_outcome(fake, tmp_path):
                for f in rep["faults"])
 
 
+@pytest.mark.slow
 def test_faults_time_recovery_and_settling(fake, tmp_path):
     """A stream that keeps running after its client left shows as settle time; a server that
     stops answering for a while after it fails the run, naming the fault; rounds repeat it."""

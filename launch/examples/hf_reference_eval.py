@@ -5,7 +5,7 @@ and for the chosen SWAA setting prints the perplexity of a long text (Paul Graha
 essays) and one greedy answer to a question about that text.
 
     python launch/examples/hf_reference_eval.py   # embedded SmolLM2; window 256 + 10 sinks + FA decode
-    python launch/examples/hf_reference_eval.py --preset balanced --tokens 6000 \\
+    python launch/examples/hf_reference_eval.py --swaa-preset balanced --tokens 6000 \\
         --model-path Qwen/Qwen3-4B-Instruct-2507 --device cuda   # a paper setting on your model
 
 The perplexity is teacher-forced (every token is a prompt token), so it shows the
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 
 import torch
@@ -26,7 +27,8 @@ from transformers import AutoTokenizer
 
 from swaa_sglang import SWAAConfig
 from swaa_sglang.data import essay_texts
-from swaa_sglang.hf import add_config_args, attach, build_config, load_model
+from swaa_sglang.cli import add_swaa_args, config_from_args
+from swaa_sglang.hf import attach, load_model
 from swaa_sglang.models import default_model_path
 
 QUESTION = "In one sentence, what is the text above about?"
@@ -37,7 +39,7 @@ def parse_args() -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--model-path", help="Llama/Qwen2/Qwen3/Qwen3-MoE checkpoint (default: the embedded SmolLM2-135M)")
-    add_config_args(p)  # --preset, --window, --keep-first, --fa-decode, --full-layers
+    add_swaa_args(p, eviction=False)  # --swaa-preset, --swaa-config, --swaa-window, ... as for the server
     p.add_argument("--tokens", type=int, default=1024, help="length of the text in tokens (default 1024)")
     p.add_argument("--max-new-tokens", type=int, default=24, help="length of the greedy answer (default 24)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
@@ -46,11 +48,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def swaa_config(args: argparse.Namespace) -> SWAAConfig:
-    flags = (args.window, args.keep_first, args.fa_decode, args.full_layers)
-    if args.preset is None and all(f is None for f in flags):
+    config = config_from_args(args)
+    if config is None:
         # Default: the 'sink10-2k' shape scaled down to the short default text.
         return SWAAConfig(sliding_window_size=256, keep_first=10, force_fa_decode=True)
-    return build_config(args)
+    return config
 
 
 def prompt_ids(tokenizer, text_ids: torch.Tensor) -> tuple[torch.Tensor, slice]:
@@ -86,7 +88,10 @@ def evaluate(model, ids: torch.Tensor, text: slice, max_new_tokens: int, eos: se
 
 def main() -> None:
     args = parse_args()
-    config = swaa_config(args)
+    try:
+        config = swaa_config(args)
+    except ValueError as e:  # a bad --swaa-* value: the field's message, not a traceback
+        sys.exit(f"error: {e}")
     path = args.model_path or default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = load_model(path, dtype=getattr(torch, args.dtype), device=args.device)

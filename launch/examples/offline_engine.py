@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import sglang
+import torch
 from transformers import AutoTokenizer
 
 from swaa_sglang import SWAAConfig
@@ -33,6 +35,9 @@ def main() -> None:
     p.add_argument("--keep-first", type=int, default=100, help="keep_first: sink tokens (default %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     args = p.parse_args()
+    if not torch.cuda.is_available():  # sglang.Engine would fail later with a long traceback
+        sys.exit("error: this example needs an NVIDIA GPU (CUDA); none found. For CPU use, run the HF reference: "
+                 "python launch/examples/hf_reference_eval.py")
     model_path = args.model_path or default_model_path()
 
     # The 'balanced' preset, written out: window + sinks, full-attention decode, odd layers full.

@@ -32,14 +32,17 @@ TOOLS = {
 
 
 def build_parser(tool: str):
-    """SWAA flags + SGLang's server arguments + the tool's own (call launch_server.load_plugin first)."""
+    """SWAA flags + SGLang's server arguments + the tool's own (call launcher.load_plugin first)."""
     from .launcher import build_parser as server_parser
+    from .launcher import short_usage
 
     module = importlib.import_module(TOOLS[tool][0])
+    prog = f"python -m swaa_sglang.serving.bench {tool}"
     parser = server_parser(
-        prog=f"python -m swaa_sglang.serving.bench {tool}",
+        prog=prog,
         description=f"{TOOLS[tool][0]} with the SWAA backend and --swaa-* flags (see python -m swaa_sglang.serving.bench).",
         epilog="",
+        usage=short_usage(prog, f" [{tool} arguments ...]"),
     )
     module.BenchArgs.add_cli_args(parser)
     return parser, module
@@ -72,13 +75,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         sys.stderr.write(__doc__.split("\n\n")[0] + "\n\n")
         sys.exit(f"error: {given}give a tool first; allowed: {', '.join(TOOLS)}")
     tool, rest = argv[0], argv[1:]
-    from .launcher import load_plugin, parse_server_args
+    from .launcher import NoCUDAError, load_plugin, parse_server_args
 
     load_plugin()
     parser, module = build_parser(tool)
     try:
         server_args, args = parse_server_args(parser, rest)
-    except ValueError as e:
+    except (ValueError, NoCUDAError) as e:
         sys.exit(f"error: {e}")
     bench_args = module.BenchArgs.from_cli_args(args)
     problem = refusal(tool, server_args)

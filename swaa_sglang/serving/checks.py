@@ -1,16 +1,24 @@
-"""SGLang 0.5.17 glue: what SWAA supports, checked at start, and the backend creator.
+"""What SWAA supports, checked at start (server args, the model as SGLang sees it), and the backend creator.
 
-Everything version-specific about SGLang's server args and model runner lives
-here; the backend itself only extends the FlashInfer backend.
+The model's HF config is checked by :mod:`swaa_sglang.model_support` (launcher and worker); the
+checks here add what only SGLang's server args and model runner know.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from swaa_sglang.config import SWAAConfig
-from swaa_sglang.serving.server_args import BACKEND_NAME, EVICTION_CACHE, MISSING_CONFIG_HELP, config_from_override_args
+from swaa_sglang.model_support import check_model_config
+from swaa_sglang.serving.server_args import (
+    BACKEND_NAME,
+    EVICTION_CACHE,
+    HYBRID_KEYS,
+    MISSING_CONFIG_HELP,
+    config_from_override_args,
+)
 
 
 @dataclass(frozen=True)
@@ -20,19 +28,19 @@ class ModelFacts:
     num_layers: int
     context_len: int
     use_mla: bool = False
-    native_sliding_window: Optional[int] = None  # the runner's sliding window (a native one: Gemma, ...)
+    # SGLang's sliding window for the model (W - 1, exclusive): with window eviction the one the
+    # plugin's model-config hook set; else any window is the model's own
+    sliding_window: Optional[int] = None
+    # the model class brings its own window (get_attention_sliding_window_size; known worker side)
+    model_class_window: bool = False
     is_encoder_decoder: bool = False
     architecture: str = "this model"
-    # the runner's window is the one our own eviction override set (W - 1), not the model's
-    window_is_ours: bool = False
 
 
-def facts_from_model_config(mc: Any, native_sliding_window: Optional[int] = None,
-                            window_is_ours: bool = False) -> ModelFacts:
-    """ModelFacts from SGLang's ``ModelConfig`` (known in the launcher, before any weights load).
-
-    A native sliding window is only known once the model class exists (worker side).
-    """
+def facts_from_model_config(mc: Any, sliding_window: Optional[int] = None,
+                            model_class_window: bool = False) -> ModelFacts:
+    """ModelFacts from SGLang's ``ModelConfig`` (known in the launcher, before any weights load);
+    the runner's window and the model class are known worker side only."""
     from sglang.srt.configs.model_config import AttentionArch
 
     archs = getattr(getattr(mc, "hf_config", None), "architectures", None) or []
@@ -40,10 +48,10 @@ def facts_from_model_config(mc: Any, native_sliding_window: Optional[int] = None
         num_layers=mc.num_hidden_layers,
         context_len=mc.context_len,
         use_mla=mc.attention_arch == AttentionArch.MLA,
-        native_sliding_window=native_sliding_window,
+        sliding_window=sliding_window,
+        model_class_window=model_class_window,
         is_encoder_decoder=bool(getattr(mc, "is_encoder_decoder", False)),
         architecture=archs[0] if archs else "this model",
-        window_is_ours=window_is_ours,
     )
 
 
@@ -91,7 +99,7 @@ def check_server_args(server_args: Any) -> SWAAConfig:
         # that names neither the flag nor what SWAA would need: fixed KV split sizes in every pass
         raise ValueError(
             "enable_deterministic_inference: the swaa backend has no batch-invariant (fixed split) kernels yet, "
-            "so outputs may differ with batch composition (measured in README, Determinism); allowed: off"
+            "so outputs may differ with batch composition (measured in docs/benchmarks.md, Correctness on a GPU); allowed: off"
         )
     if _get(server_args, "enable_mis"):
         raise ValueError("enable_mis: multi-item scoring is not supported with SWAA; allowed: off")
@@ -119,7 +127,21 @@ def check_server_args(server_args: Any) -> SWAAConfig:
             f"radix_cache_backend: '{EVICTION_CACHE}' is SWAA's window-eviction cache; turn evict_window on "
             "(--swaa-evict-window on) or leave --radix-cache-backend unset"
         )
+    else:
+        carried = _hybrid_keys_in(_get(server_args, "json_model_override_args"))
+        if carried:
+            raise ValueError(
+                f"evict_window: the model config carries SWAA's eviction window ({', '.join(carried)} in "
+                "json_model_override_args) but the config has evict_window off; allowed: evict_window on, or "
+                "those keys removed"
+            )
     return config
+
+
+def _hybrid_keys_in(override_json: Optional[str]) -> list[str]:
+    """The hybrid-SWA keys window eviction writes next to ``swaa``, as far as an override carries them."""
+    data = json.loads(override_json) if override_json else {}
+    return [key for key in HYBRID_KEYS if key in data] if "is_hybrid_swa" in data else []
 
 
 def check_model(config: SWAAConfig, model: ModelFacts) -> SWAAConfig:
@@ -127,23 +149,21 @@ def check_model(config: SWAAConfig, model: ModelFacts) -> SWAAConfig:
     if model.use_mla:
         raise ValueError(f"model: {model.architecture} uses MLA attention (DeepSeek-style latent KV), which SWAA "
                          "does not support; allowed: models with standard multi-head or grouped-query attention")
+    # Models whose config declares a window are refused before this (model_support); a window
+    # here is the one the plugin's eviction hook set, or one the model class brings itself.
     if config.evict_window:
-        from attention_backends.eviction_policy import sglang_window
-
-        expected = sglang_window(config.sliding_window_size)
-        if not (model.window_is_ours and model.native_sliding_window == expected):
+        expected = config.sglang_window
+        if model.model_class_window or model.sliding_window != expected:
             raise ValueError(
                 f"evict_window: SGLang's hybrid SWA pool is not set up with SWAA's window (runner window "
-                f"{model.native_sliding_window}, expected {expected} = W - 1 from the swaa override); was the "
+                f"{model.sliding_window}, expected {expected} = W - 1 from the swaa override); was the "
                 "plugin's model-config hook applied in this process?"
             )
-    elif model.window_is_ours:
-        raise ValueError("evict_window: the model config carries SWAA's eviction window but the config has "
-                         "evict_window off")
-    if model.native_sliding_window is not None and not model.window_is_ours:
+    elif model.sliding_window is not None or model.model_class_window:
+        shown = f" (window {model.sliding_window})" if model.sliding_window is not None else ""
         raise ValueError(
-            f"model: {model.architecture} already has native sliding-window layers (window "
-            f"{model.native_sliding_window}); SWAA adapts full-attention models only"
+            f"model: {model.architecture} already has native sliding-window layers{shown}; SWAA adapts "
+            "full-attention models only"
         )
     if model.is_encoder_decoder:
         raise ValueError(f"model: {model.architecture} is an encoder-decoder model, which SWAA does not support; "
@@ -151,25 +171,13 @@ def check_model(config: SWAAConfig, model: ModelFacts) -> SWAAConfig:
     return config.validate(model.num_layers, context_length=model.context_len)
 
 
-def window_is_ours(runner_window: Optional[int], override_window: Optional[int], model: Any = None) -> bool:
-    """The runner's sliding window came from SWAA's eviction override, not from the model.
-
-    SGLang takes the window from the model's ``get_attention_sliding_window_size`` when it has
-    one (native SWA, ``load_model_utils.resolve_sliding_window_size``), else from the config
-    our hook set; models on SGLang's own hybrid-SWA list are refused in that hook.
-    """
-    if override_window is None or runner_window != override_window:
-        return False
-    return model is None or not hasattr(model, "get_attention_sliding_window_size")
-
-
 def create_swaa_backend(runner: Any):
-    """``ATTENTION_BACKENDS['swaa']``: runs in every scheduler / TP worker process."""
+    """``ATTENTION_BACKENDS['swaa']``: runs in every scheduler / TP worker process (Engine too)."""
     from attention_backends.backend import SWAAFlashInferBackend
 
     config = check_server_args(runner.server_args)
-    ours = getattr(runner.model_config, "swaa_eviction_window", None)  # set by the plugin's model-config hook
-    window = runner.sliding_window_size
-    check_model(config, facts_from_model_config(
-        runner.model_config, window, window_is_ours(window, ours, getattr(runner, "model", None))))
+    mc = runner.model_config
+    check_model_config(config, mc.hf_config, mc.context_len)
+    model_class_window = hasattr(getattr(runner, "model", None), "get_attention_sliding_window_size")
+    check_model(config, facts_from_model_config(mc, runner.sliding_window_size, model_class_window))
     return SWAAFlashInferBackend(runner, config)

@@ -1,22 +1,32 @@
-"""Window-eviction hooks (every process): SGLang's hybrid SWA pool switched on for SWAA, sinks kept.
+"""Window-eviction hooks (every process): SGLang's hybrid SWA pool switched on for SWAA, sinks kept,
+window frees counted, and admission that reserves the SWA slots running requests will still use.
 
-Each hook is a no-op unless this process serves the swaa backend with ``evict_window`` on.
+Each hook is a no-op unless this process serves the swaa backend with ``evict_window`` on (the
+admission hooks: unless the tree cache is the SWAA eviction cache). The hooks are declared as data
+(:data:`HOOKS`, :data:`ADMISSION_RESERVE_HOOKS`, :data:`ADMISSION_ONE_CHUNK_HOOKS`) on targets of
+the seam table; ``swaa_sglang.serving.plugin`` registers them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+from collections.abc import Callable
+from typing import Any, Optional
 
+from attention_backends import admission
+from attention_backends.eviction_policy import sink_floor
+
+from . import seam
 from .server_args import BACKEND_NAME, EVICTION_CACHE, OVERRIDE_KEY, config_from_override_args, hybrid_overrides
 
 logger = logging.getLogger("swaa_sglang")
 
 RADIX_CACHE_NAME = EVICTION_CACHE
-# SGLang 0.5.17: ScheduleBatch._evict_swa calls this module-level name (imported from mem_cache.common)
-WINDOW_FREE_TARGET = "sglang.srt.managers.schedule_batch.free_swa_out_of_window_slots"
 
 
-def _eviction_model_config(model_config, *args, **kwargs):
+def _eviction_model_config(model_config) -> None:
     """BEFORE hook on ``ModelConfig._derive_hybrid_model``, every process: switch SGLang's hybrid SWA pool on.
 
     The ``swaa`` key of ``--json-model-override-args`` is already on the HF config. With
@@ -28,7 +38,8 @@ def _eviction_model_config(model_config, *args, **kwargs):
     raw = getattr(model_config.hf_config, OVERRIDE_KEY, None)
     if raw is None:
         return None
-    config = config_from_override_args({OVERRIDE_KEY: raw})
+    # the same canonical JSON for the same block: parsed once per process (config_from_override_args caches it)
+    config = config_from_override_args(json.dumps({OVERRIDE_KEY: raw}, sort_keys=True))
     if config is None or not config.evict_window:
         return None
     from sglang.srt.configs.model_config import is_hybrid_swa_model
@@ -45,55 +56,105 @@ def _eviction_model_config(model_config, *args, **kwargs):
     for key, value in over.items():
         setattr(text, key, value)
     model_config.sliding_window_size = over["sliding_window_size"]
-    model_config.swaa_eviction_window = over["sliding_window_size"]  # what registration accepts as ours
     return None
 
 
-_eviction_cache: dict = {}
+def sink_floor_hook(keep_first: int, page_size: int = 1) -> Callable[[Any], None]:
+    """``req -> None``: raise the request's ``swa_evict_floor`` to the page-ceiled sink length K.
+
+    SGLang's ``free_swa_out_of_window_slots`` then never frees ``[0, K)`` of a request's own KV;
+    the tree protects cached sinks with the sink lock (docs/design/eviction.md).
+    """
+    floor = sink_floor(keep_first, page_size)
+
+    def raise_floor(req) -> None:
+        req.swa_evict_floor = max(getattr(req, "swa_evict_floor", 0), floor)
+
+    return raise_floor
 
 
-def _eviction_floor_hook():
-    """The ``Req.__init__`` floor hook when this process serves SWAA with window eviction on, else None.
+_floor_hooks: dict[tuple[str, Optional[int]], Optional[Callable[[Any], None]]] = {}
 
-    Cached per (override, page size): the scheduler's hooks ask on every request and step."""
-    from sglang.srt.runtime_context import get_server_args
 
-    server_args = get_server_args()
+def _eviction_floor_hook() -> Optional[Callable[[Any], None]]:
+    """The sink-floor setter when this process serves SWAA with window eviction on, else None.
+
+    None also where no server args are published (a ``Req`` built outside a server). Cached per
+    (override, page size): the scheduler's hooks ask on every request and step.
+    """
+    server_args = seam.published_server_args()
     if server_args is None or getattr(server_args, "attention_backend", None) != BACKEND_NAME:
         return None
     key = (server_args.json_model_override_args, server_args.page_size)
-    if key not in _eviction_cache:
+    if key not in _floor_hooks:
         config = config_from_override_args(server_args.json_model_override_args)
-        hook = None
-        if config is not None and config.evict_window:
-            from attention_backends.radix_cache import sink_floor_hook
-
-            hook = sink_floor_hook(config.keep_first, server_args.page_size or 1)
-        _eviction_cache[key] = hook
-    return _eviction_cache[key]
+        on = config is not None and config.evict_window
+        _floor_hooks[key] = sink_floor_hook(config.keep_first, server_args.page_size or 1) if on else None
+    return _floor_hooks[key]
 
 
-def _req_sink_floor(result, req, *args, **kwargs):
-    """AFTER hook on ``Req.__init__`` (scheduler): ``swa_evict_floor = K`` when eviction is on.
-
-    SGLang's ``free_swa_out_of_window_slots`` then never frees a live request's sinks
-    (``attention_backends.radix_cache.sink_floor_hook``; docs/design/eviction.md (b)).
-    """
-    hook = _eviction_floor_hook()
-    if hook is not None:
-        hook(result, req, *args, **kwargs)
+def _req_sink_floor(result: None, req) -> None:
+    """AFTER hook on ``Req.__init__`` (scheduler): ``swa_evict_floor = K`` when eviction is on."""
+    raise_floor = _eviction_floor_hook()
+    if raise_floor is not None:
+        raise_floor(req)
     return None
 
 
-def _count_window_frees(original, req, pre_len, *args, **kwargs):
-    """AROUND hook on ``free_swa_out_of_window_slots`` as ``ScheduleBatch._evict_swa`` calls it
-    (scheduler): count the KV slots window eviction frees, logged every minute, when SWAA eviction
-    is on here (a native-SWA model served without SWAA is left alone)."""
-    if _eviction_floor_hook() is None:
-        return original(req, pre_len, *args, **kwargs)
-    from attention_backends.radix_cache import count_window_frees
+class WindowFreeCounter:
+    """KV slots freed by window eviction in this process (the scheduler's), logged at most every
+    ``interval`` seconds: one slot is one token's KV in every windowed layer (SWA pool)."""
 
-    return count_window_frees(original, req, pre_len, *args, **kwargs)
+    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.interval = interval
+        self.total = 0
+        self.since_log = 0
+        self.last_log = self.clock()
+
+    def add(self, slots: int) -> None:
+        self.total += slots
+        self.since_log += slots
+        now = self.clock()
+        if self.since_log and now - self.last_log >= self.interval:
+            logger.info("swaa: window eviction freed %d KV slots in the SWA pool in the last %.0f s (%d since start)",
+                        self.since_log, now - self.last_log, self.total)
+            self.since_log, self.last_log = 0, now
+
+
+WINDOW_FREES = WindowFreeCounter()
+
+
+def count_window_frees(proceed: Callable[[], Any], allocator, counter: Optional[WindowFreeCounter] = None):
+    """Run SGLang's ``free_swa_out_of_window_slots`` (``proceed``) and count the SWA slots it frees.
+
+    The function frees through ``allocator.free_swa``; for the length of the call that method is
+    shadowed on the instance by one that counts, then removed again.
+    """
+    counter = WINDOW_FREES if counter is None else counter
+    real = allocator.free_swa
+    freed = 0
+
+    def free_swa(slots):
+        nonlocal freed
+        freed += len(slots)
+        return real(slots)
+
+    allocator.free_swa = free_swa
+    try:
+        return proceed()
+    finally:
+        del allocator.free_swa
+        counter.add(freed)
+
+
+def _count_window_frees(proceed: Callable[[], Any], allocator):
+    """AROUND hook on ``free_swa_out_of_window_slots`` as ``ScheduleBatch._evict_swa`` calls it
+    (scheduler): count the freed slots when SWAA eviction is on here (a native-SWA model served
+    without SWAA is left alone)."""
+    if _eviction_floor_hook() is None:
+        return proceed()
+    return count_window_frees(proceed, allocator)
 
 
 def _radix_cache_factory(ctx):
@@ -118,3 +179,16 @@ def _radix_cache_factory(ctx):
     return cache
 
 
+HOOKS = (
+    seam.hook(seam.MODEL_CONFIG_DERIVE_HYBRID, _eviction_model_config),
+    seam.hook(seam.REQ_INIT, _req_sink_floor),
+    seam.hook(seam.FREE_SWA_OUT_OF_WINDOW_SLOTS, _count_window_frees),
+)
+# attention_backends.admission: each a no-op unless the scheduler's tree cache is SWAASinkRadixCache.
+# Two groups, so that the CPU scheduler replay (tests/scheduler_replay.py) can leave either out.
+ADMISSION_RESERVE_HOOKS = (
+    seam.hook(seam.PREFILL_ADDER_INIT, admission.reserve_running_growth),
+    seam.hook(seam.PREFILL_ADDER_ADD_CHUNKED_REQ, admission.reserve_chunked_growth),
+    seam.hook(seam.PREFILL_ADDER_SWA_RESERVED_TOKENS, admission.reserve_new_request_growth),
+)
+ADMISSION_ONE_CHUNK_HOOKS = (seam.hook(seam.PREFILL_ADDER_ADD_ONE_REQ, admission.one_chunked_request_per_pass),)

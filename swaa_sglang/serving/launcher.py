@@ -4,6 +4,10 @@ Every SGLang server argument works as usual (``--config FILE.yaml`` too). The
 SWAA flags are turned into the ``swaa`` key of ``--json-model-override-args``,
 which SGLang hands to every worker process; ``--attention-backend`` defaults to
 ``swaa``; without ``--model-path`` the embedded SmolLM2-135M-Instruct is used.
+
+Refusals are one line each: an argument error prints a short usage (not every SGLang option), a
+bad SWAA setting names its field, and a machine without a CUDA GPU is told so, after those
+checks, with the CPU alternative (the HF reference).
 """
 
 from __future__ import annotations
@@ -12,11 +16,65 @@ import argparse
 import logging
 import os
 import sys
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
-from .server_args import BACKEND_NAME, add_swaa_args, config_from_args, config_from_override_args, with_config
+from swaa_sglang.cli import FLAG_DESTS, add_swaa_args, config_from_args
+
+from .server_args import BACKEND_NAME, config_from_override_args, with_config
 
 logger = logging.getLogger("swaa_sglang")
+
+PROG = "python -m swaa_sglang.launch_server"
+HF_REFERENCE_COMMAND = "python -m swaa_sglang.hf --prompt 'Hello' --swaa-preset balanced"
+NO_CUDA_MESSAGE = (
+    "swaa-sglang serves on NVIDIA GPUs (CUDA); none found. For CPU use, run the HF reference: "
+    f"{HF_REFERENCE_COMMAND} (see python -m swaa_sglang.hf --help)"
+)
+EPILOG = f"""\
+quick start (an NVIDIA GPU; the embedded SmolLM2-135M-Instruct, then your model):
+  {PROG} --swaa-preset balanced --port 30000
+  {PROG} --model-path Qwen/Qwen3-4B-Instruct-2507 --swaa-preset balanced --port 30000
+on CPU, the HF reference with the same SWAA flags (no server):
+  {HF_REFERENCE_COMMAND}
+SGLang's benchmark tools with these flags:
+  python -m swaa_sglang.serving.bench one_batch|offline_throughput ...
+"""
+
+
+class NoCUDAError(RuntimeError):
+    """The server needs a CUDA GPU and this machine has none; the message is the one line to print."""
+
+
+class ShortUsageParser(argparse.ArgumentParser):
+    """An argument parser whose errors print its short usage, the error and a hint to ``--help``.
+
+    argparse would print the usage of every SGLang server argument (hundreds of lines) above
+    the one line that matters.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n(run {self.prog} --help for every option)\n")
+
+
+def short_usage(prog: str, tail: str = "") -> str:
+    """A one-line usage: the SWAA flags by group, then the SGLang server arguments (and ``tail``)."""
+    return (f"{prog} [--swaa-preset NAME | --swaa-config FILE] [--swaa-window W] [--swaa-keep-first K] "
+            f"[--swaa-* ...] [--model-path PATH] [SGLang server arguments ...]{tail}")
+
+
+def wants_cuda(device: Optional[str]) -> bool:
+    """Whether SGLang's ``--device`` value asks for CUDA: unset (auto-detect), 'auto', 'cuda' or 'cuda:N'."""
+    return device is None or device.split(":")[0] in ("auto", "cuda")
+
+
+def cuda_missing(device: Optional[str]) -> bool:
+    """True when the server would need a CUDA GPU (see :func:`wants_cuda`) and torch sees none."""
+    if not wants_cuda(device):
+        return False
+    import torch
+
+    return not torch.cuda.is_available()
 
 
 def load_plugin() -> None:
@@ -33,15 +91,19 @@ def load_plugin() -> None:
 
 
 def build_parser(
-    prog: str = "python -m swaa_sglang.launch_server",
+    prog: str = PROG,
     description: str = __doc__.split("\n\n")[0].strip("`").replace("``", ""),
-    epilog: str = "Example: python -m swaa_sglang.launch_server --model-path Qwen/Qwen3-4B-Instruct-2507 "
-    "--swaa-preset balanced --port 30000",
+    epilog: str = EPILOG,
+    usage: Optional[str] = None,
 ) -> argparse.ArgumentParser:
-    """The SWAA flags plus every SGLang server argument, with our defaults (call :func:`load_plugin` first)."""
+    """The SWAA flags plus every SGLang server argument, with our defaults (call :func:`load_plugin` first).
+
+    ``usage`` defaults to :func:`short_usage`; argument errors print it, not every option.
+    """
     from sglang.srt.server_args import ServerArgs
 
-    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog)
+    parser = ShortUsageParser(prog=prog, description=description, epilog=epilog, usage=usage or short_usage(prog),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)  # keeps the epilog's lines
     add_swaa_args(parser)
     ServerArgs.add_cli_args(parser)
     # our defaults, visible in --help
@@ -56,7 +118,12 @@ def build_parser(
 
 def parse_server_args(parser: argparse.ArgumentParser, argv: Sequence[str]):
     """argv -> (sglang ServerArgs with the SWAA config folded into json_model_override_args, the
-    parsed namespace without the SWAA flags: a wrapped tool reads its own arguments from it)."""
+    parsed namespace without the SWAA flags: a wrapped tool reads its own arguments from it).
+
+    Order of refusals: argparse errors (exit 2), then the SWAA flags (ValueError naming the field),
+    then SGLang's ServerArgs with the plugin's checks (ValueError naming the field), and only then,
+    for a CUDA device on a machine without one, :class:`NoCUDAError`.
+    """
     from sglang.srt.server_args import ServerArgs
 
     argv = list(argv)
@@ -75,10 +142,20 @@ def parse_server_args(parser: argparse.ArgumentParser, argv: Sequence[str]):
 
         args.model_path = default_model_path()
         logger.info("no --model-path: serving the embedded default model at %s", args.model_path)
-    for name in ("swaa_preset", "swaa_config", "swaa_window", "swaa_keep_first", "swaa_fa_decode", "swaa_full_layers",
-                 "swaa_evict_window"):
+    for name in FLAG_DESTS:  # SGLang's ServerArgs takes no SWAA flags; the config travels in the override
         delattr(args, name)
-    return ServerArgs.from_cli_args(args), args
+    no_cuda = cuda_missing(args.device)
+    try:
+        server_args = ServerArgs.from_cli_args(args)
+    except RuntimeError as e:
+        # SGLang's device detection raises when it finds no accelerator, after the plugin's checks
+        # (ValueError, passed on); without CUDA the server cannot run whatever else went wrong
+        if no_cuda:
+            raise NoCUDAError(NO_CUDA_MESSAGE) from e
+        raise
+    if no_cuda:  # e.g. --device cuda, or detection found another accelerator
+        raise NoCUDAError(NO_CUDA_MESSAGE)
+    return server_args, args
 
 
 def prepare_server_args(argv: Sequence[str]):
@@ -94,7 +171,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     try:
         server_args = prepare_server_args(argv)
-    except ValueError as e:
+    except (ValueError, NoCUDAError) as e:
         sys.exit(f"error: {e}")
     try:
         run_server(server_args)

@@ -3,18 +3,18 @@
 SGLang applies ``json_model_override_args`` to the HF config in every process it
 starts (scheduler, TP workers), so one JSON object reaches every worker whichever
 way the server was started: ``python -m swaa_sglang.launch_server`` (which writes
-it from the ``--swaa-*`` flags), ``python -m sglang.launch_server --attention-backend
-swaa --json-model-override-args '{"swaa": {...}}'``, or ``sglang.Engine(...)``.
+it from the ``--swaa-*`` flags of :mod:`swaa_sglang.cli`), ``python -m sglang.launch_server
+--attention-backend swaa --json-model-override-args '{"swaa": {...}}'``, or ``sglang.Engine(...)``.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 from typing import Any, Optional
 
-from swaa_sglang.config import LAYER_SPEC_HELP, PRESETS, SWAAConfig, preset_config
+from swaa_sglang.config import SWAAConfig
+from swaa_sglang.model_support import parse_override_json
 
 OVERRIDE_KEY = "swaa"
 BACKEND_NAME = "swaa"
@@ -26,18 +26,6 @@ MISSING_CONFIG_HELP = (
     "(or {\"swaa\": {\"preset\": \"balanced\"}}; {\"swaa\": {\"sliding_window_size\": null}} for full attention), "
     "or start the server with python -m swaa_sglang.launch_server --swaa-preset NAME"
 )
-
-
-def _load_override(override_json: Optional[str]) -> dict[str, Any]:
-    if not override_json:
-        return {}
-    try:
-        data = json.loads(override_json)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"json_model_override_args: invalid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"json_model_override_args: expected a JSON object; got {override_json!r}")
-    return data
 
 
 def config_from_override_args(override: Optional[str | dict]) -> Optional[SWAAConfig]:
@@ -53,7 +41,7 @@ def config_from_override_args(override: Optional[str | dict]) -> Optional[SWAACo
 
 @functools.lru_cache(maxsize=32)
 def _config_from_json(override_json: str) -> Optional[SWAAConfig]:
-    return _config_from_data(_load_override(override_json))
+    return _config_from_data(parse_override_json(override_json))
 
 
 def _config_from_data(data: dict[str, Any]) -> Optional[SWAAConfig]:
@@ -89,14 +77,15 @@ def hybrid_layer_pattern(config: SWAAConfig, num_layers: int) -> list[int]:
 def hybrid_overrides(config: SWAAConfig, num_layers: Optional[int] = None) -> dict[str, Any]:
     """The HF-config keys that window eviction adds next to ``swaa`` (empty when it is off).
 
+    Their ``sliding_window_size`` is SGLang's window, W - 1 (:attr:`SWAAConfig.sglang_window`),
+    not the ``swaa`` block's W.
+
     ``hybrid_layer_pattern`` needs the layer count; without it only the other two keys are given
     (the plugin's model-config hook completes the pattern in every process).
     """
     if not config.evict_window:
         return {}
-    from attention_backends.eviction_policy import sglang_window
-
-    out: dict[str, Any] = {"is_hybrid_swa": True, "sliding_window_size": sglang_window(config.sliding_window_size)}
+    out: dict[str, Any] = {"is_hybrid_swa": True, "sliding_window_size": config.sglang_window}
     if num_layers is not None:
         out["hybrid_layer_pattern"] = hybrid_layer_pattern(config, num_layers)
     return out
@@ -108,56 +97,7 @@ def with_config(override_json: Optional[str], config: SWAAConfig, num_layers: Op
     With ``evict_window`` on, also the hybrid-SWA keys of :func:`hybrid_overrides` (the pattern
     only when ``num_layers`` is given; otherwise the plugin's model-config hook adds it).
     """
-    data = _load_override(override_json)
+    data = parse_override_json(override_json)
     data[OVERRIDE_KEY] = config.to_dict()
     data.update(hybrid_overrides(config, num_layers))
     return json.dumps(data)
-
-
-def add_swaa_args(parser: argparse.ArgumentParser) -> None:
-    presets = "; ".join(f"{name}: {desc}" for name, (desc, _) in PRESETS.items())
-    g = parser.add_argument_group(
-        "SWAA (sliding window attention adaptation)",
-        "Serve a full-attention model with sliding-window attention. A preset or config file "
-        "gives the base; the single flags override its fields. A query at position i sees key j "
-        "iff j <= i and (i - j < W or j < K) on sliding layers.",
-    )
-    g.add_argument("--swaa-preset", choices=list(PRESETS), help=f"Start from a preset. {presets}.")
-    g.add_argument("--swaa-config", metavar="FILE", help="SWAA config as a JSON or YAML file (fields of SWAAConfig).")
-    g.add_argument(
-        "--swaa-window", metavar="W",
-        help="Sliding window: keys each query sees, itself included (an integer >= 1), or 'none' for full attention.",
-    )
-    g.add_argument("--swaa-keep-first", metavar="K", help="Sink tokens: the first K tokens stay visible to every query.")
-    g.add_argument(
-        "--swaa-fa-decode", metavar="on|off|LAYERS",
-        help=f"Full-attention decode: generated tokens attend to everything. 'on', 'off', or {LAYER_SPEC_HELP}.",
-    )
-    g.add_argument(
-        "--swaa-full-layers", metavar="LAYERS",
-        help=f"Layers that keep full attention everywhere: {LAYER_SPEC_HELP}.",
-    )
-    g.add_argument(
-        "--swaa-evict-window", metavar="on|off",
-        help="Window eviction (default off): windowed layers (sliding, no FA decode) keep only the sinks and "
-        "the window of KV, in SGLang's hybrid SWA pool, so more requests fit; outputs are unchanged. "
-        "Needs W >= 2 and at least one windowed layer; sets --radix-cache-backend swaa.",
-    )
-
-
-def config_from_args(args: argparse.Namespace) -> Optional[SWAAConfig]:
-    """The config the ``--swaa-*`` flags describe, or None if none was given."""
-    flags = (args.swaa_window, args.swaa_keep_first, args.swaa_fa_decode, args.swaa_full_layers)
-    evict = getattr(args, "swaa_evict_window", None)
-    if args.swaa_preset is None and args.swaa_config is None and all(f is None for f in (*flags, evict)):
-        return None
-    if args.swaa_preset and args.swaa_config:
-        raise ValueError(
-            "swaa_config: give --swaa-preset or --swaa-config, not both (a config file may name a preset: "
-            "'preset: balanced')"
-        )
-    if args.swaa_config:
-        base = SWAAConfig.from_file(args.swaa_config)
-    else:
-        base = preset_config(args.swaa_preset) if args.swaa_preset else SWAAConfig()
-    return SWAAConfig.from_cli(*flags, base=base, evict_window=evict)

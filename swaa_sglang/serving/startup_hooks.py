@@ -1,20 +1,23 @@
 """Server-args hooks (launching process): SWAA checks and window-eviction set-up before any weights load.
 
-A bad SWAA config stops the server at start with the field named; the prefill CUDA graph (which
-would capture one batch's windowed plan) is turned off for the swaa backend.
+A bad SWAA config, or a model SWAA cannot adapt, stops the server at start with the field named,
+on any device; the prefill CUDA graph (which would capture one batch's windowed plan) is turned
+off for the swaa backend.
 """
 
 from __future__ import annotations
 
 import logging
 
-from .server_args import EVICTION_CACHE
+from swaa_sglang.model_support import check_model_config, read_hf_config
+
+from . import seam
+from .checks import check_model, check_server_args, facts_from_model_config, uses_swaa
+from .server_args import EVICTION_CACHE, hybrid_layer_pattern, with_config
 
 logger = logging.getLogger("swaa_sglang")
 
 RADIX_CACHE_NAME = EVICTION_CACHE  # --radix-cache-backend name of attention_backends.radix_cache.SWAASinkRadixCache
-# SGLang's ServerArgs.swa_full_tokens_ratio default; replaced for SWAA eviction unless the user set another
-_SGLANG_DEFAULT_SWA_RATIO = 0.8
 
 
 def suggested_swa_full_tokens_ratio(window: int, keep_first: int, context_len: int, page_size: int = 1,
@@ -32,18 +35,21 @@ def suggested_swa_full_tokens_ratio(window: int, keep_first: int, context_len: i
     return min(1.0, max(1e-4, 2.0 * need / max(context_len, 1)))
 
 
-def _prepare_server_args(server_args, *args, **kwargs):
-    """BEFORE hook on ``ServerArgs.__post_init__``: check SWAA args in the launching process.
+def _prepare_server_args(server_args) -> None:
+    """BEFORE hook on ``ServerArgs.__post_init__``: check SWAA args and the model in the launching process.
 
-    Runs before SGLang resolves its defaults, so a bad SWAA config stops the server at
-    start with the field named, and the prefill CUDA graph (which would capture the
-    windowed plan of one batch) is turned off for the swaa backend.
+    Runs before SGLang resolves its defaults and its device, so a bad SWAA config or a model SWAA
+    cannot adapt stops the server with the field named also on a machine without a GPU; the
+    prefill CUDA graph (which would capture the windowed plan of one batch) is turned off for the
+    swaa backend.
     """
-    from swaa_sglang.serving.checks import check_server_args, uses_swaa
-
     if not uses_swaa(server_args):
         return None
     config = check_server_args(server_args)
+    hf_config = read_hf_config(server_args.model_path, server_args.json_model_override_args,
+                               trust_remote_code=bool(getattr(server_args, "trust_remote_code", False)),
+                               revision=getattr(server_args, "revision", None))
+    check_model_config(config, hf_config, getattr(server_args, "context_length", None))
     if config.evict_window:
         chosen = getattr(server_args, "radix_cache_backend", None)
         if chosen is None:
@@ -56,16 +62,17 @@ def _prepare_server_args(server_args, *args, **kwargs):
     return None
 
 
-def _check_model(result, server_args, *args, **kwargs):
-    """AFTER hook on ``ServerArgs.__post_init__``: the model (MLA, encoder-decoder), layer ids and sinks
-    against it, in the launcher, before any weights load."""
-    from swaa_sglang.serving.checks import check_model, check_server_args, facts_from_model_config, uses_swaa
-
+def _check_model(result: None, server_args) -> None:
+    """AFTER hook on ``ServerArgs.__post_init__``: the model as SGLang resolved it (MLA, encoder-decoder,
+    the eviction window), layer ids and sinks against it, in the launcher, before any weights load."""
     if not uses_swaa(server_args):
         return None
     mc = server_args.get_model_config()
-    ours = getattr(mc, "swaa_eviction_window", None)  # set by the model-config hook when eviction is on
-    config = check_model(check_server_args(server_args), facts_from_model_config(mc, ours, ours is not None))
+    config = check_server_args(server_args)
+    # With eviction on, the window SGLang resolved must be the one our model-config hook set. Without
+    # it a config window was judged by model_support (an inactive one, as in Qwen2 configs, is fine).
+    window = mc.sliding_window_size if config.evict_window else None
+    config = check_model(config, facts_from_model_config(mc, window))
     if config.evict_window:
         _configure_eviction(server_args, config, mc)
     return None
@@ -74,8 +81,6 @@ def _check_model(result, server_args, *args, **kwargs):
 def _configure_eviction(server_args, config, mc) -> None:
     """Launcher side of window eviction: pool ratio and what applies where (logged)."""
     from sglang.srt.environ import envs
-
-    from .server_args import hybrid_layer_pattern, with_config
 
     if not getattr(mc, "is_hybrid_swa", False):
         raise ValueError(
@@ -89,7 +94,8 @@ def _configure_eviction(server_args, config, mc) -> None:
     if override != server_args.json_model_override_args:
         server_args.override("swaa", json_model_override_args=override)
     ratio = server_args.swa_full_tokens_ratio
-    if ratio == _SGLANG_DEFAULT_SWA_RATIO:
+    # SGLang keeps no record of user-set args; like SGLang itself, take a value equal to the field's default as unset.
+    if ratio == seam.server_args_default("swa_full_tokens_ratio"):
         ratio = suggested_swa_full_tokens_ratio(
             config.sliding_window_size, config.keep_first, mc.context_len, server_args.page_size or 1,
             max(1, envs.SGLANG_SWA_EVICTION_INTERVAL.get()),
@@ -99,10 +105,14 @@ def _configure_eviction(server_args, config, mc) -> None:
     logger.info(
         "swaa: window eviction on: %d/%d layers keep sinks + window only (SWA pool, SGLang window %d), "
         "%d layers keep all KV (full pool)%s; swa_full_tokens_ratio %.4g; radix cache backend %s",
-        sum(pattern), len(pattern), config.sliding_window_size - 1, len(pattern) - sum(pattern),
+        sum(pattern), len(pattern), config.sglang_window, len(pattern) - sum(pattern),
         " (incl. windowed layer %d, kept whole so the hybrid allocator is used)" % (len(pattern) - 1)
         if len(windowed) == len(pattern) else "",
         ratio, server_args.radix_cache_backend,
     )
 
 
+HOOKS = (
+    seam.hook(seam.SERVER_ARGS_POST_INIT_BEFORE, _prepare_server_args),
+    seam.hook(seam.SERVER_ARGS_POST_INIT_AFTER, _check_model),
+)
