@@ -61,6 +61,7 @@ from torch import nn
 
 from .cli import add_swaa_args, config_from_args
 from .config import SWAAConfig
+from .model_support import describe_native_window, native_sliding_window
 from .reference import visibility_mask
 
 logger = logging.getLogger(__name__)
@@ -147,14 +148,11 @@ def attach(model: nn.Module, config: SWAAConfig) -> nn.Module:
 
 
 def _reject_native_sliding(text_config: Any) -> None:
-    # SWAA adapts full-attention models. A model with its own sliding layers would also get a
-    # sliding-window KV cache that drops keys, which breaks the slot -> position mapping.
-    layer_types = getattr(text_config, "layer_types", None) or []
-    if "sliding_attention" in layer_types or (
-        getattr(text_config, "use_sliding_window", False) and getattr(text_config, "sliding_window", None)
-    ):
+    # SWAA adapts full-attention models; the same check as at server launch (model_support).
+    native = native_sliding_window(text_config)
+    if native is not None:
         raise ValueError(
-            "attach: this model already has sliding-window layers (config.layer_types / use_sliding_window); "
+            f"attach: this model declares a native sliding window ({describe_native_window(*native, text_config)}); "
             "SWAA adapts full-attention models"
         )
 

@@ -160,12 +160,19 @@ def test_swaa_without_attach_fails_loudly():
 
 
 def test_models_with_native_sliding_layers_are_rejected():
-    from transformers import Qwen2Config
+    """The HF reference refuses what the server refuses (model_support): an active native window,
+    named by its config field; a declared but inactive window (Qwen2's default) is accepted."""
+    from transformers import MistralConfig, Qwen2Config
 
-    config = Qwen2Config(**TINY_DIMS, use_sliding_window=True, sliding_window=8, max_window_layers=1)
-    model = AutoModelForCausalLM.from_config(config)
-    with pytest.raises(ValueError, match="sliding-window layers"):
-        hf.attach(model, SWAAConfig(sliding_window_size=4))
+    qwen2_on = Qwen2Config(**TINY_DIMS, use_sliding_window=True, sliding_window=8, max_window_layers=1)
+    with pytest.raises(ValueError, match=r"native sliding window \(use_sliding_window=True, sliding_window=8\)"):
+        hf.attach(AutoModelForCausalLM.from_config(qwen2_on), SWAAConfig(sliding_window_size=4))
+    mistral = MistralConfig(**TINY_DIMS, sliding_window=8)
+    with pytest.raises(ValueError, match=r"native sliding window \(sliding_window=8\)"):
+        hf.attach(AutoModelForCausalLM.from_config(mistral), SWAAConfig(sliding_window_size=4))
+    qwen2_off = Qwen2Config(**TINY_DIMS, use_sliding_window=False, sliding_window=8, max_window_layers=1)
+    model = hf.attach(AutoModelForCausalLM.from_config(qwen2_off), SWAAConfig(sliding_window_size=4))
+    assert hf.swaa_config_of(model) is not None
 
 
 def test_static_cache_is_rejected():
