@@ -50,6 +50,7 @@ for step in $steps; do
     examples)    pytest_step gpu_examples -m gpu tests/test_examples.py ;;
     eviction)    pytest_step gpu_eviction tests/test_gpu_eviction.py ;;
     determinism) pytest_step gpu_determinism tests/test_gpu_determinism.py ;;
+    retraction)  pytest_step gpu_retraction tests/test_gpu_retraction.py ;;
     e2e)         logged e2e python3 benchmarks/bench_e2e.py ${E2E_ARGS:-} --out "$SWAA_RESULTS_DIR/e2e$tag.json" ;;
     onebatch)    # SGLang's own one-batch benchmark per setting (python -m swaa_sglang.serving.bench one_batch); ONEBATCH_ARGS
                  logged one_batch python3 benchmarks/bench_one_batch.py --no-progress ${ONEBATCH_ARGS:-} --out "$SWAA_RESULTS_DIR/one_batch$tag.json" ;;
