@@ -7,7 +7,8 @@ A *setting* names one way of serving the model:
 * ``vanilla-no-prefill-graph``: the same with the prefill CUDA graph off, as the plugin runs SWAA
   (it tells the backend's own cost from that switch);
 * a SWAA preset (``swaa_sglang.config.PRESETS``; ``full`` is the swaa backend with SWAA off);
-* ``PRESET+evict``: the preset with window eviction on.
+* ``PRESET+noevict``: the preset with window eviction off (it is on by default for presets with
+  windowed layers); ``PRESET+evict`` asks for it explicitly (refused where no layer is windowed).
 
 Stdlib only at import time (soak.py runs without torch); SGLang and the SWAA config are imported
 where they are used.
@@ -34,26 +35,30 @@ DEFAULT_MODEL = HERE / "models" / "qwen3-4b-2507"  # Qwen3-4B-Instruct-2507's co
 
 # stock SGLang settings as Engine kwargs
 VANILLA: dict[str, dict[str, Any]] = {"vanilla": {}, "vanilla-no-prefill-graph": {"disable_prefill_cuda_graph": True}}
-EVICT_SUFFIX = "+evict"
+# setting suffixes: window eviction explicitly on / off (a bare preset takes the default: on where layers are windowed)
+EVICT_SUFFIXES = {"+evict": True, "+noevict": False}
 SETTINGS_HELP = ("comma list: 'vanilla' (stock SGLang, flashinfer backend), 'vanilla-no-prefill-graph' (the same "
                  "with the prefill CUDA graph off, as the plugin runs SWAA), a SWAA preset ('full': the swaa backend "
-                 "with SWAA off, which isolates the plugin's own cost), or PRESET+evict (window eviction on)")
+                 "with SWAA off, which isolates the plugin's own cost; window eviction on by default where layers "
+                 "are windowed), PRESET+noevict (window eviction off) or PRESET+evict (explicitly on)")
 
 
 # -- settings ---------------------------------------------------------------------------------------
 def setting_config(setting: str):
-    """The SWAAConfig of a SWAA setting ('PRESET' or 'PRESET+evict'); ValueError naming the allowed values."""
+    """The SWAAConfig of a SWAA setting ('PRESET', 'PRESET+noevict' or 'PRESET+evict'); ValueError naming
+    the allowed values."""
     from swaa_sglang.config import PRESETS, SWAAConfig, preset_config
 
     name, plus, extra = setting.partition("+")
-    if plus and extra != EVICT_SUFFIX[1:]:
-        raise ValueError(f"settings: unknown suffix '+{extra}' in {setting!r}; allowed: '{EVICT_SUFFIX}'")
+    allowed = ", ".join(f"'{s}'" for s in EVICT_SUFFIXES)
+    if plus and plus + extra not in EVICT_SUFFIXES:
+        raise ValueError(f"settings: unknown suffix '+{extra}' in {setting!r}; allowed: {allowed}")
     if name not in PRESETS:
         raise ValueError(f"settings: unknown setting {setting!r}; allowed: {', '.join(VANILLA)}, or a preset "
-                         f"({', '.join(PRESETS)}), optionally with '{EVICT_SUFFIX}'")
+                         f"({', '.join(PRESETS)}), optionally with {allowed}")
     config = preset_config(name)
     if plus:
-        config = SWAAConfig.from_dict({**config.to_dict(), "evict_window": True})
+        config = SWAAConfig.from_dict({**config.to_dict(), "evict_window": EVICT_SUFFIXES[plus + extra]})
     return config
 
 
@@ -76,8 +81,9 @@ def server_flags(setting: str) -> list[str]:
         return ["--attention-backend", "flashinfer",
                 *(f"--{name.replace('_', '-')}" for name, on in VANILLA[setting].items() if on)]
     setting_config(setting)  # refuse an unknown name here, not in the tool's process
-    name, plus, _ = setting.partition("+")
-    return ["--swaa-preset", name, *(["--swaa-evict-window", "on"] if plus else [])]
+    name, plus, extra = setting.partition("+")
+    evict = EVICT_SUFFIXES.get(plus + extra)
+    return ["--swaa-preset", name, *([] if evict is None else ["--swaa-evict-window", "on" if evict else "off"])]
 
 
 def parse_settings(parser: argparse.ArgumentParser, text: str, repeat_hint: str = "") -> list[str]:

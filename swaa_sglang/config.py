@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Iterator, Mapping, Union
 
 FIELDS = ("sliding_window_size", "keep_first", "force_fa_decode", "non_sliding_layers", "evict_window")
@@ -132,6 +132,18 @@ class LayerSet:
     def __str__(self) -> str:
         return self.name if self.is_pattern else ",".join(map(str, self.ids)) or "none"
 
+    def compact(self) -> str:
+        """Runs of ids as ranges ('0-34,36'), in the syntax :meth:`parse` reads; a pattern's name."""
+        if self.is_pattern:
+            return self.name
+        runs: list[list[int]] = []
+        for i in self.ids:
+            if runs and i == runs[-1][1] + 1:
+                runs[-1][1] = i
+            else:
+                runs.append([i, i])
+        return ",".join(f"{lo}-{hi}" if hi > lo else str(lo) for lo, hi in runs) or "none"
+
     def __repr__(self) -> str:
         return f"LayerSet({self.to_json()!r})"
 
@@ -214,9 +226,11 @@ class SWAAConfig:
     keep_first: int = 0
     force_fa_decode: Union[bool, LayerSet] = False
     non_sliding_layers: LayerSet = field(default=LayerSet())
-    # Window eviction (docs/design/eviction.md): windowed layers keep only sinks + window
-    # of KV in SGLang's hybrid SWA pool. Opt-in; never changes what attention computes.
-    evict_window: bool = False
+    # Window eviction (docs/design/eviction.md): windowed layers keep only sinks + window of KV
+    # in SGLang's hybrid SWA pool; it never changes what attention computes. None (the default)
+    # means on exactly when some layer is windowed, decided once the layer count is known
+    # (:meth:`with_eviction_resolved`); True / False are the user's explicit choice.
+    evict_window: bool | None = None
 
     def __post_init__(self) -> None:
         w = self.sliding_window_size
@@ -237,8 +251,8 @@ class SWAAConfig:
             self, "non_sliding_layers", LayerSet.parse("non_sliding_layers", self.non_sliding_layers)
         )
         ev = self.evict_window
-        if not isinstance(ev, bool):
-            raise ValueError(f"evict_window: must be true or false; got {ev!r}")
+        if ev is not None and not isinstance(ev, bool):
+            raise ValueError(f"evict_window: must be true, false or unset (on where layers are windowed); got {ev!r}")
         if ev and w is None:
             raise ValueError(
                 "evict_window: window eviction needs a sliding window (sliding_window_size); "
@@ -254,8 +268,17 @@ class SWAAConfig:
         if ev and w < 2:
             raise ValueError(
                 f"evict_window: window eviction needs sliding_window_size >= 2 (SGLang's SWA window is W - 1 "
-                f"and must be >= 1); got {w}"
+                f"and must be >= 1); got {w}. It is on by default where layers are windowed: set evict_window "
+                "false (--swaa-evict-window off) to serve W = 1"
             )
+
+    def with_eviction_resolved(self, num_layers: int) -> "SWAAConfig":
+        """This config with ``evict_window`` decided: the explicit choice, else on exactly when some
+        layer of a ``num_layers``-layer model is windowed. Raises ValueError where the default would
+        turn eviction on for a window it cannot serve (W = 1)."""
+        if self.evict_window is not None:
+            return self
+        return replace(self, evict_window=bool(self.windowed_layers(num_layers)))
 
     # -- the window in FlashInfer's and SGLang's terms ----------------------------------
     @property
@@ -334,7 +357,7 @@ class SWAAConfig:
 
     # -- (de)serialization ---------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """The fields as JSON; ``evict_window`` only when on (the four paper knobs otherwise)."""
+        """The fields as JSON; ``evict_window`` only when set (true or false; unset is the default)."""
         fa = self.force_fa_decode
         out = {
             "sliding_window_size": self.sliding_window_size,
@@ -342,8 +365,8 @@ class SWAAConfig:
             "force_fa_decode": fa if isinstance(fa, bool) else fa.to_json(),
             "non_sliding_layers": self.non_sliding_layers.to_json(),
         }
-        if self.evict_window:
-            out["evict_window"] = True
+        if self.evict_window is not None:
+            out["evict_window"] = self.evict_window
         return out
 
     def to_json(self) -> str:

@@ -260,6 +260,16 @@ def _uses_mla(text_config: Any) -> bool:
     return _get(text_config, "kv_lora_rank") is not None and _get(text_config, "use_mla", True) is not False
 
 
+def num_layers_of(hf_config: Any) -> int:
+    """The language model's layer count (``num_hidden_layers`` of the text config); ValueError naming it."""
+    text = text_config_of(hf_config)
+    num_layers = _get(text, "num_hidden_layers")
+    if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
+        raise ValueError(f"model: {_architecture(hf_config, text)} config has no usable num_hidden_layers (got "
+                         f"{num_layers!r}); allowed: a decoder config with num_hidden_layers >= 1")
+    return num_layers
+
+
 def check_model_config(config: SWAAConfig, hf_config: Any, context_length: int | None = None) -> SWAAConfig:
     """Refuse models SWAA cannot adapt, then validate ``config`` against the model; returns it.
 
@@ -286,9 +296,6 @@ def check_model_config(config: SWAAConfig, hf_config: Any, context_length: int |
             or architecture in _ENCODER_DECODER_ARCHS):
         raise ValueError(f"model: {architecture} is an encoder-decoder model, which SWAA does not support; "
                          "allowed: decoder-only models")
-    num_layers = _get(text, "num_hidden_layers")
-    if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
-        raise ValueError(f"model: {architecture} config has no usable num_hidden_layers (got {num_layers!r}); "
-                         "allowed: a decoder config with num_hidden_layers >= 1")
+    num_layers = num_layers_of(hf_config)
     context = context_length if context_length is not None else derived_context_length(text)
     return config.validate(num_layers, context_length=context)

@@ -19,6 +19,10 @@ whole after the tree is flushed at the end.
 
     python tests/scheduler_replay.py --scale 32 --requests 104 [--control-no-split] [--leave-out reserve,one-chunk]
     python tests/scheduler_replay.py --scale 32 --requests 300 --prompt-real 16384 --new-real 8192
+
+--page P (default 1) runs it with KV pages of P tokens: SGLang's paged allocator through the real
+alloc_paged_token_slots_extend / alloc_paged_token_slots_decode (its two Triton kernels replaced by the
+CPU stand-ins of tests/cpu_paged_kernels.py), the decode memory check in pages, and pools in whole pages.
 """
 
 from __future__ import annotations
@@ -37,7 +41,12 @@ import torch
 from sglang.srt.managers.schedule_batch import FINISH_ABORT, FINISH_LENGTH, Req, ReqKvInfo, release_req
 from sglang.srt.managers.schedule_policy import AddReqResult, PrefillAdder
 from sglang.srt.managers.scheduler_components.new_token_ratio_tracker import NewTokenRatioTracker
-from sglang.srt.mem_cache.allocation import alloc_req_slots, alloc_token_slots
+from sglang.srt.mem_cache.allocation import (
+    alloc_paged_token_slots_decode,
+    alloc_paged_token_slots_extend,
+    alloc_req_slots,
+    alloc_token_slots,
+)
 from sglang.srt.mem_cache.allocator.swa import SWATokenToKVPoolAllocator
 from sglang.srt.mem_cache.base_prefix_cache import EvictParams
 from sglang.srt.mem_cache.cache_init_params import CacheInitParams
@@ -66,14 +75,14 @@ _C.get_serving = lambda: SimpleNamespace(strip_thinking_cache=False)
 class Sim:
     def __init__(self, a):
         self.a = a
-        self.pool = SWAKVPool(size=a.full, size_swa=a.swa, page_size=1, dtype=torch.float32, head_num=1,
+        self.pool = SWAKVPool(size=a.full, size_swa=a.swa, page_size=a.page, dtype=torch.float32, head_num=1,
                               head_dim=1, swa_attention_layer_ids=[0], full_attention_layer_ids=[1], device="cpu")
-        self.alloc = SWATokenToKVPoolAllocator(a.full, a.swa, 1, torch.float32, "cpu", self.pool, need_sort=False)
-        self.r2t = ReqToTokenPool(a.max_reqs, a.L + a.max_new + 8, "cpu", False)
+        self.alloc = SWATokenToKVPoolAllocator(a.full, a.swa, a.page, torch.float32, "cpu", self.pool, need_sort=False)
+        self.r2t = ReqToTokenPool(a.max_reqs, a.L + a.max_new + 8 + a.page, "cpu", False)
         params = CacheInitParams(disable=False, req_to_token_pool=self.r2t, token_to_kv_pool_allocator=self.alloc,
-                                 page_size=1, sliding_window_size=a.wm1)
+                                 page_size=a.page, sliding_window_size=a.wm1)
         self.tree = SWAASinkRadixCache(params, a.k) if a.cache == "ours" else SWARadixCache(params)
-        self.floor = sink_floor(a.k, 1) if a.cache == "ours" else 0
+        self.floor = sink_floor(a.k, a.page) if a.cache == "ours" else 0
         if a.control_no_split:  # the control: SGLang's default, which our cache switches on at construction
             from sglang.srt.environ import envs
 
@@ -195,7 +204,7 @@ class Sim:
     def make_adder(self, running):
         """SGLang's PrefillAdder for one pass over ``running`` (the plugin's hooks run inside it)."""
         rb = SimpleNamespace(reqs=running, batch_size=lambda: len(running))
-        return PrefillAdder(1, self.tree, self.alloc, rb, self.ratio.current, self.a.max_prefill, self.a.chunk, 0, 0,
+        return PrefillAdder(self.a.page, self.tree, self.alloc, rb, self.ratio.current, self.a.max_prefill, self.a.chunk, 0, 0,
                             max_prefill_bs=0, max_running_requests=self.a.max_running, prefill_max_requests=None,
                             prefill_delayer_single_pass=None, dllm_config=None, waiting_queue_len=len(self.waiting))
 
@@ -245,7 +254,14 @@ class Sim:
             for r, i in zip(new, idxs):
                 r.req_pool_idx = i
         n = sum(r.extend_range.length for r in reqs)
-        out = alloc_token_slots(self.tree, n)  # evicts from the tree, raises on OOM
+        if self.a.page == 1:
+            out = alloc_token_slots(self.tree, n)  # evicts from the tree, raises on OOM
+        else:  # alloc_for_extend's paged branch: last_loc is the slot of each request's last prefix position
+            pre = torch.tensor([len(r.prefix_indices) for r in reqs], dtype=torch.int64)
+            seq = torch.tensor([r.extend_range.end for r in reqs], dtype=torch.int64)
+            last = torch.cat([r.prefix_indices[-1:].to(torch.int64) if len(r.prefix_indices) else torch.tensor([-1])
+                              for r in reqs])
+            out = alloc_paged_token_slots_extend(self.tree, pre, pre, seq, seq, last, n)
         off = 0
         for r in reqs:
             p, e = len(r.prefix_indices), r.extend_range.end
@@ -284,7 +300,8 @@ class Sim:
 
     # --- scheduler.update_running_batch + prepare_for_decode + forward + result ------------
     def check_decode_mem(self, reqs):
-        num = len(reqs)
+        """ScheduleBatch.check_decode_mem: a page for each request whose KV ends on a page boundary."""
+        num = sum(1 for r in reqs if r.kv_committed_len % self.a.page == 0) * self.a.page
         evict_from_tree_cache(self.tree, num)
         return self.alloc.available_size() >= num
 
@@ -324,15 +341,21 @@ class Sim:
             for r in reqs:
                 if r.decode_batch_idx >= 1:
                     free_swa_out_of_window_slots(r, r.seqlen - 1, sliding_window_size=self.tree.sliding_window_size,
-                                                 page_size=1, req_to_token_pool=self.r2t,
+                                                 page_size=self.a.page, req_to_token_pool=self.r2t,
                                                  token_to_kv_pool_allocator=self.alloc, is_chunk_cache=False)
-        out = alloc_token_slots(self.tree, len(reqs))
+        if self.a.page == 1:
+            out = alloc_token_slots(self.tree, len(reqs))
+        else:  # alloc_for_decode's paged branch
+            rows = torch.tensor([r.req_pool_idx for r in reqs], dtype=torch.int64)
+            lens = torch.tensor([r.kv_committed_len for r in reqs], dtype=torch.int64)
+            last = self.r2t.req_to_token[rows, lens - 1].to(torch.int64)
+            out = alloc_paged_token_slots_decode(self.tree, lens + 1, lens + 1, last)
         for j, r in enumerate(reqs):
             self.r2t.req_to_token[r.req_pool_idx, r.kv_committed_len] = int(out[j])
             r.kv.kv_allocated_len += 1
             r.decode_batch_idx += 1
             r.kv_committed_len += 1
-        self.stats["max_owned_swa"] = max(self.stats["max_owned_swa"], max(owned_swa_slots(r) for r in reqs))
+        self.stats["max_owned_swa"] = max(self.stats["max_owned_swa"], max(owned_swa_slots(r, self.a.page) for r in reqs))
         self.stats["decode_steps"] += 1
         self.stats["est_time"] += 0.008
         for r in reqs:
@@ -392,6 +415,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="SWA-pool tokens (before --scale; default as SGLang sized it on the H200 for a 128K context)")
     p.add_argument("--check-every", type=int, default=0, help="check the invariants every this many passes; 0: off")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--page", type=int, default=1, help="KV page size (tokens); pools are rounded down to whole pages")
     p.add_argument("--log-every", type=int, default=0)
     a = p.parse_args(argv)
     s = a.scale
@@ -401,8 +425,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.chunk = a.chunk_real // s
     a.max_prefill = 16384 // s
     a.max_new = a.new_real // s
-    a.full = a.full_real // s
+    a.full = a.full_real // s // a.page * a.page
     a.swa = (a.swa_real or int(13_106_604 * 2 * (2048 + 100 + 128 + 1) / 131648)) // s  # SGLang's sizing on the H200
+    a.swa = a.swa // a.page * a.page
     a.interval = max(1, a.interval_real // s)
     a.max_reqs = a.requests + 8
     a.left_out = sorted({x for x in a.leave_out.split(",") if x})  # a list: vars(a) goes into the JSON result
@@ -425,6 +450,10 @@ def setup(a: argparse.Namespace) -> Sim:
     seam.register((*(eviction_hooks.ADMISSION_RESERVE_HOOKS if "reserve" not in a.left_out else ()),
                    *(eviction_hooks.ADMISSION_ONE_CHUNK_HOOKS if "one-chunk" not in a.left_out else ())))
     HookRegistry.apply_hooks()
+    if a.page > 1:
+        import cpu_paged_kernels  # tests/, beside this file
+
+        cpu_paged_kernels.install()
     return Sim(a)
 
 

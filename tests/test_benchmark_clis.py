@@ -38,7 +38,7 @@ def test_settings_are_split_once_and_checked_before_anything_starts(main, capsys
     assert e.value.code == 2 and "--settings: vanilla given more than once" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--settings", "vanilla,sink100-2k+fast"])
-    assert "--settings: unknown suffix '+fast' in 'sink100-2k+fast'; allowed: '+evict'" in capsys.readouterr().err
+    assert "--settings: unknown suffix '+fast' in 'sink100-2k+fast'; allowed: '+evict', '+noevict'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--settings", "sink100"])
     err = capsys.readouterr().err
@@ -58,14 +58,16 @@ def test_a_setting_selects_the_same_backend_as_engine_kwargs_and_as_flags():
     from swaa_sglang.cli import add_swaa_args, config_from_args
     from swaa_sglang.config import SWAAConfig
 
-    for setting in ["sink100-2k", "sink100-2k+evict", "balanced", "full", "window-4k+evict"]:
+    for setting in ["sink100-2k", "sink100-2k+evict", "sink100-2k+noevict", "balanced", "full", "window-4k+evict"]:
         kwargs = common.engine_kwargs(setting)
         assert kwargs["attention_backend"] == "swaa"
         engine_config = SWAAConfig.from_dict(json.loads(kwargs["json_model_override_args"])["swaa"])
         parser = argparse.ArgumentParser()
         add_swaa_args(parser)
         assert config_from_args(parser.parse_args(common.server_flags(setting))) == engine_config, setting
-        assert engine_config.evict_window is setting.endswith("+evict")
+        # a bare preset leaves the decision to the server (on where layers are windowed)
+        assert engine_config.evict_window is {"+evict": True, "+noevict": False}.get(setting[setting.find("+"):]
+                                                                                    if "+" in setting else "")
     assert common.engine_kwargs("vanilla") == {"attention_backend": "flashinfer"}
     assert common.engine_kwargs("vanilla-no-prefill-graph") == {"attention_backend": "flashinfer",
                                                                 "disable_prefill_cuda_graph": True}
@@ -135,6 +137,7 @@ def test_concurrency_peak_and_settings():
     import json
 
     assert json.loads(_config_json("sink100-2k+evict"))["swaa"]["evict_window"] is True
+    assert json.loads(_config_json("sink100-2k+noevict"))["swaa"]["evict_window"] is False
     assert "evict_window" not in json.loads(_config_json("sink100-2k"))["swaa"]
     with pytest.raises(ValueError, match=r"settings: unknown suffix '\+fast'"):
         _config_json("sink100-2k+fast")

@@ -150,6 +150,26 @@ def test_mixed_load_with_aborts_retractions_and_cache_hits_keeps_every_invariant
 
 
 @pytest.mark.slow
+def test_mixed_load_at_page_16_keeps_every_invariant():
+    """The mixed load above with KV pages of 16 tokens (SGLang's paged allocator, page-aligned tree and
+    matches, window eviction and the sink floor in whole pages), 150 requests: every invariant holds after
+    every 5th pass, running requests stay within the (page-ceiled) headroom, and the pools are whole at the
+    end; retraction, readmission, aborts and prefix hits happen."""
+    from attention_backends.admission import decode_swa_headroom
+
+    (r,) = _replays(["--page", "16", "--mixed", "--prompt-real", "32768", "--new-real", "16384", "--arrive-prob", "1",
+                     "--abort-prob", "0.02", "--full-real", "300000", "--conservativeness", "0.3",
+                     "--check-every", "5"], requests=150)
+    assert r["config"]["full"] % 16 == 0 and r["config"]["swa"] % 16 == 0
+    assert r["drained"] and r["crashed"] is None and r["pools_whole"]
+    assert r["invariant_violations"] == 0 and r["short_prefills"] == 0
+    assert r["retracted"] > 0 and r["readmit"] > 0 and r["aborted_by_client"] > 0
+    assert r["prefill_tokens"] < r["prompt_tokens"]
+    assert r["finished"] + r["aborted_by_client"] >= r["requests"]
+    assert r["max_owned_swa"] <= decode_swa_headroom(2048 // 32 - 1, 128 // 32, 16)
+
+
+@pytest.mark.slow
 def test_all_hooks_leave_short_request_loads_clean():
     """The same 600 requests with every hook: no retraction, no cut-short request."""
     (r,) = _replays(["--prompt-real", "2048", "--new-real", "1024"], requests=600)

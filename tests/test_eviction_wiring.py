@@ -28,10 +28,11 @@ from launcher_subprocess import QWEN3_CONFIG, prepare_in_subprocess
 
 # -- config and CLI ------------------------------------------------------------------------
 def test_evict_window_field():
-    assert SWAAConfig(64).evict_window is False
+    assert SWAAConfig(64).evict_window is None  # undecided: the default depends on the layers
     c = SWAAConfig(64, 4, evict_window=True)
     assert c.to_dict()["evict_window"] is True
-    assert "evict_window" not in SWAAConfig(64, 4).to_dict()  # the four paper knobs unchanged when off
+    assert SWAAConfig(64, 4, evict_window=False).to_dict()["evict_window"] is False
+    assert "evict_window" not in SWAAConfig(64, 4).to_dict()  # the four paper knobs unchanged by default
     assert SWAAConfig.from_dict(c.to_dict()) == c
     assert SWAAConfig.from_json(json.dumps({"sliding_window_size": 64, "evict_window": True})) == c.__class__(
         64, evict_window=True
@@ -39,6 +40,36 @@ def test_evict_window_field():
     assert c.resolved(4).evict_window is True
     assert SWAAConfig.from_cli("64", evict_window="on").evict_window is True
     assert SWAAConfig.from_cli(evict_window="off", base=c).evict_window is False
+    assert SWAAConfig.from_dict(SWAAConfig(64, evict_window=False).to_dict()).evict_window is False
+
+
+@pytest.mark.parametrize(
+    "config, num_layers, on",
+    [
+        (SWAAConfig(2048, 100), 36, True),  # sink100-2k: every layer windowed
+        (SWAAConfig(2048), 36, True),  # window-2k
+        (SWAAConfig(2048, 100, force_fa_decode=True), 36, False),  # fa-decode-2k: nothing windowed
+        (SWAAConfig(2048, 100, force_fa_decode=True, non_sliding_layers="odd"), 36, False),  # balanced
+        (SWAAConfig(2048, 100, force_fa_decode="odd"), 36, True),  # even layers windowed
+        (SWAAConfig(2048, 100, non_sliding_layers=[0, 1]), 2, False),  # every layer full
+        (SWAAConfig(2048, 100, non_sliding_layers=[0, 1]), 3, True),  # layer 2 windowed
+        (SWAAConfig(None), 36, False),  # full attention
+        (SWAAConfig(2048, 100, evict_window=False), 36, False),  # the user's choice stands
+    ],
+)
+def test_eviction_default_is_on_exactly_where_layers_are_windowed(config, num_layers, on):
+    decided = config.with_eviction_resolved(num_layers)
+    assert decided.evict_window is on
+    assert bool(decided.windowed_layers(num_layers)) or not on
+    assert decided.with_eviction_resolved(num_layers) == decided  # deciding twice changes nothing
+    assert SWAAConfig.from_dict(decided.to_dict()) == decided  # the decision travels in the override
+
+
+def test_eviction_default_refuses_a_window_of_one():
+    with pytest.raises(ValueError, match="evict_window: window eviction needs sliding_window_size >= 2.*"
+                                         "evict_window false"):
+        SWAAConfig(1, 4).with_eviction_resolved(8)
+    assert SWAAConfig(1, 4, evict_window=False).with_eviction_resolved(8).evict_window is False
 
 
 def test_evict_window_yaml(tmp_path):
@@ -50,7 +81,7 @@ def test_evict_window_yaml(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(evict_window="yes"), "evict_window: must be true or false"),
+        (dict(evict_window="yes"), "evict_window: must be true, false or unset"),
         (dict(sliding_window_size=None, evict_window=True), "evict_window: window eviction needs a sliding window"),
         (dict(sliding_window_size=1, evict_window=True), "evict_window: window eviction needs sliding_window_size >= 2"),
         (dict(sliding_window_size=64, force_fa_decode=True, evict_window=True),
@@ -135,9 +166,9 @@ def test_check_model_accepts_our_window_only():
     ev = SWAAConfig(64, 4, evict_window=True)
     check_model(ev, ModelFacts(28, 4096, sliding_window=63))
     with pytest.raises(ValueError, match="model: this model already has native sliding-window"):
-        check_model(SWAAConfig(64, 4), ModelFacts(28, 4096, sliding_window=4095))
+        check_model(SWAAConfig(64, 4, evict_window=False), ModelFacts(28, 4096, sliding_window=4095))
     with pytest.raises(ValueError, match="model: this model already has native sliding-window"):
-        check_model(SWAAConfig(64, 4), ModelFacts(28, 4096, model_class_window=True))
+        check_model(SWAAConfig(64, 4, evict_window=False), ModelFacts(28, 4096, model_class_window=True))
     with pytest.raises(ValueError, match="evict_window: SGLang's hybrid SWA pool is not set up"):
         check_model(ev, ModelFacts(28, 4096, sliding_window=4095))
     with pytest.raises(ValueError, match="evict_window: SGLang's hybrid SWA pool is not set up"):
@@ -149,12 +180,12 @@ def test_check_model_accepts_our_window_only():
 
 def test_eviction_keys_without_eviction_are_refused():
     """The hybrid-SWA keys window eviction writes, carried by an override whose config has eviction off."""
-    carried = json.dumps({"swaa": SWAAConfig(64, 4).to_dict(), "is_hybrid_swa": True, "sliding_window_size": 63})
+    carried = json.dumps({"swaa": SWAAConfig(64, 4, evict_window=False).to_dict(), "is_hybrid_swa": True, "sliding_window_size": 63})
     with pytest.raises(ValueError, match="evict_window: the model config carries SWAA's eviction window "
                                          "\\(is_hybrid_swa, sliding_window_size in json_model_override_args\\)"):
         check_server_args(types.SimpleNamespace(json_model_override_args=carried, attention_backend="swaa"))
     # a model's own sliding_window_size key alone does not switch the hybrid pool on: not ours to refuse here
-    own = json.dumps({"swaa": SWAAConfig(64, 4).to_dict(), "sliding_window_size": 63})
+    own = json.dumps({"swaa": SWAAConfig(64, 4, evict_window=False).to_dict(), "sliding_window_size": 63})
     check_server_args(types.SimpleNamespace(json_model_override_args=own, attention_backend="swaa"))
 
 
@@ -168,7 +199,6 @@ def _args(config: SWAAConfig, **kw):
         (dict(radix_cache_backend="lmcache"), "radix_cache_backend: 'lmcache' does not know SWAA sinks"),
         (dict(disable_hybrid_swa_memory=True), "disable_hybrid_swa_memory: window eviction"),
         (dict(enable_hierarchical_cache=True), "enable_hierarchical_cache: not supported with window eviction"),
-        (dict(page_size=16), "page_size: window eviction \\(evict_window\\) is verified with page size 1 only; got 16"),
     ],
 )
 def test_server_arg_refusals_with_eviction(kw, message):
@@ -176,16 +206,17 @@ def test_server_arg_refusals_with_eviction(kw, message):
         check_server_args(_args(SWAAConfig(64, 4, evict_window=True), **kw))
 
 
-def test_page_size_one_or_unset_is_accepted_with_eviction():
-    for page in (None, 1):
-        check_server_args(_args(SWAAConfig(64, 4, evict_window=True), page_size=page))
-    check_server_args(_args(SWAAConfig(64, 4), page_size=64))  # without eviction any page size
+def test_any_page_size_is_accepted_with_and_without_eviction():
+    # sinks and windows are kept at page granularity (tests/test_eviction.py runs pages 1, 16 and 64)
+    for page in (None, 1, 16, 64):
+        for on in (True, False):
+            assert check_server_args(_args(SWAAConfig(64, 4, evict_window=on), page_size=page)).evict_window is on
 
 
 def test_eviction_cache_needs_eviction():
     check_server_args(_args(SWAAConfig(64, 4, evict_window=True), radix_cache_backend="swaa"))
     with pytest.raises(ValueError, match="radix_cache_backend: 'swaa' is SWAA's window-eviction cache"):
-        check_server_args(_args(SWAAConfig(64, 4), radix_cache_backend="swaa"))
+        check_server_args(_args(SWAAConfig(64, 4, evict_window=False), radix_cache_backend="swaa"))
 
 
 # -- the real ServerArgs / ModelConfig path, in a fresh process (hooks are process-global) -------------
@@ -204,8 +235,11 @@ def _prepare(*argv: str) -> dict:
 
 @pytest.mark.slow
 def test_launcher_switches_the_hybrid_pool_on():
-    """28-layer Qwen3 config, every layer windowed: 27 layers in the SWA pool, the last kept whole."""
-    out = _prepare("--swaa-window", "64", "--swaa-keep-first", "4", "--swaa-evict-window", "on")
+    """28-layer Qwen3 config, every layer windowed: 27 layers in the SWA pool, the last kept whole.
+    Eviction is on by default here; asking for it explicitly gives the same server."""
+    out = _prepare("--swaa-window", "64", "--swaa-keep-first", "4")
+    assert _prepare("--swaa-window", "64", "--swaa-keep-first", "4", "--swaa-evict-window", "on") == out
+    assert out["override"]["swaa"]["evict_window"] is True  # the decision, written for the workers
     assert out["cache"] == "swaa"
     assert out["hybrid"] is True and out["window"] == 63
     assert out["swa_layers"] == list(range(27)) and out["full_layers"] == [27]
@@ -222,10 +256,12 @@ def test_launcher_switches_the_hybrid_pool_on():
 
 @pytest.mark.slow
 def test_launcher_without_eviction_is_unchanged():
-    out = _prepare("--swaa-window", "64", "--swaa-keep-first", "4")
-    assert out["cache"] is None and out["hybrid"] is False and out["window"] is None
-    assert set(out["override"]) == {"swaa"}
-    assert out["ratio"] == 0.8
+    """Eviction off, asked for or by default (no windowed layer: FA decode everywhere): SGLang's own pool."""
+    for flags in (("--swaa-evict-window", "off"), ("--swaa-fa-decode", "on")):
+        out = _prepare("--swaa-window", "64", "--swaa-keep-first", "4", *flags)
+        assert out["cache"] is None and out["hybrid"] is False and out["window"] is None
+        assert set(out["override"]) == {"swaa"} and out["override"]["swaa"]["evict_window"] is False
+        assert out["ratio"] == 0.8
 
 
 @pytest.mark.slow
@@ -252,19 +288,21 @@ def test_plain_sglang_override_path():
         "      'window': mc.sliding_window_size, 'full': mc.full_attention_layer_ids,\n"
         "      'override': json.loads(sa.json_model_override_args)}))\n"
     )
-    swaa = json.dumps({"swaa": {"sliding_window_size": 32, "keep_first": 2, "non_sliding_layers": "every:7",
-                                "evict_window": True}})
-    r = subprocess.run(
-        [sys.executable, "-c", code, "--model-path", QWEN3_CONFIG, "--load-format", "dummy", "--device", "cpu",
-         "--attention-backend", "swaa", "--json-model-override-args", swaa],
-        capture_output=True, text=True, timeout=600,
-    )
-    line = [ln for ln in r.stdout.splitlines() if ln.startswith("ARGS:")]
-    assert line, r.stderr[-3000:]
-    out = json.loads(line[-1][5:])
-    assert out["cache"] == "swaa" and out["hybrid"] is True and out["window"] == 31
-    assert out["full"] == [0, 7, 14, 21]
-    assert out["override"]["hybrid_layer_pattern"] == [0 if i % 7 == 0 else 1 for i in range(28)]
+    for explicit in ({"evict_window": True}, {}):  # asked for, and by default
+        swaa = json.dumps({"swaa": {"sliding_window_size": 32, "keep_first": 2, "non_sliding_layers": "every:7",
+                                    **explicit}})
+        r = subprocess.run(
+            [sys.executable, "-c", code, "--model-path", QWEN3_CONFIG, "--load-format", "dummy", "--device", "cpu",
+             "--attention-backend", "swaa", "--json-model-override-args", swaa],
+            capture_output=True, text=True, timeout=600,
+        )
+        line = [ln for ln in r.stdout.splitlines() if ln.startswith("ARGS:")]
+        assert line, r.stderr[-3000:]
+        out = json.loads(line[-1][5:])
+        assert out["cache"] == "swaa" and out["hybrid"] is True and out["window"] == 31
+        assert out["full"] == [0, 7, 14, 21]
+        assert out["override"]["hybrid_layer_pattern"] == [0 if i % 7 == 0 else 1 for i in range(28)]
+        assert out["override"]["swaa"]["evict_window"] is True
 
 
 @pytest.mark.slow
@@ -328,7 +366,7 @@ def test_radix_cache_factory_reads_k_from_the_override():
                                 full_tokens_per_layer=40, params=params)
     cache = _radix_cache_factory(ctx)
     assert isinstance(cache, SWAASinkRadixCache) and cache.keep_first == 3 and cache.sliding_window_size == 7
-    sa.json_model_override_args = with_config(None, SWAAConfig(8, 3))
+    sa.json_model_override_args = with_config(None, SWAAConfig(8, 3, evict_window=False))
     with pytest.raises(ValueError, match="radix_cache_backend: 'swaa' is SWAA's window-eviction cache"):
         _radix_cache_factory(ctx)
 
@@ -348,10 +386,14 @@ def test_req_floor_hook_follows_the_server_config(monkeypatch):
     req = types.SimpleNamespace(swa_evict_floor=0)
     eviction_hooks._req_sink_floor(None, req)
     assert req.swa_evict_floor == 8  # page-ceiled
-    sa.json_model_override_args = with_config(None, SWAAConfig(8, 5))  # eviction off: floor untouched
+    sa.json_model_override_args = with_config(None, SWAAConfig(8, 5, evict_window=False))  # eviction off: floor untouched
     req = types.SimpleNamespace(swa_evict_floor=0)
     eviction_hooks._req_sink_floor(None, req)
     assert req.swa_evict_floor == 0
+    # undecided (the launcher's hook did not run): refused, never guessed
+    sa.json_model_override_args = with_config(None, SWAAConfig(8, 5))
+    with pytest.raises(ValueError, match="evict_window: the swaa config reached the server undecided"):
+        eviction_hooks._req_sink_floor(None, types.SimpleNamespace(swa_evict_floor=0))
 
 
 def test_window_free_counter_counts_only_under_swaa_eviction(monkeypatch):
@@ -388,7 +430,7 @@ def test_window_free_counter_counts_only_under_swaa_eviction(monkeypatch):
     def not_published():
         raise ValueError("Global server args is not set yet!")  # what SGLang's get_server_args raises
 
-    for off in (types.SimpleNamespace(**{**vars(sa), "json_model_override_args": with_config(None, SWAAConfig(8, 5))}),
+    for off in (types.SimpleNamespace(**{**vars(sa), "json_model_override_args": with_config(None, SWAAConfig(8, 5, evict_window=False))}),
                 types.SimpleNamespace(**{**vars(sa), "attention_backend": "flashinfer"})):
         monkeypatch.setattr(rc, "get_server_args", lambda off=off: off)
         assert wrapper(original, None, 9, **kw) == "done"
@@ -414,7 +456,7 @@ def test_req_floor_hook_with_sglang_req_and_server_args():
         "def floor():\n"
         "    return Req('r', '', [1, 2, 3], SamplingParams(max_new_tokens=4)).swa_evict_floor\n"
         "print('FLOOR none', floor())\n"
-        "for name, cfg, page in (('on', SWAAConfig(8, 5, evict_window=True), 4), ('off', SWAAConfig(8, 5), 4)):\n"
+        "for name, cfg, page in (('on', SWAAConfig(8, 5, evict_window=True), 4), ('off', SWAAConfig(8, 5, evict_window=False), 4)):\n"
         "    get_context().set_server_args(types.SimpleNamespace(attention_backend='swaa', page_size=page,\n"
         "                                  json_model_override_args=with_config(None, cfg)))\n"
         "    print('FLOOR', name, floor())\n"

@@ -2,7 +2,8 @@
 
 Qwen3-0.6B shapes with dummy weights (``benchmarks/models/qwen3-0.6b``), and SmolLM2-135M real
 weights for long generations and a multi-turn conversation; W = 64, k = 4, every layer windowed
-(the last one is kept whole in the full pool, docs/design/eviction.md), eviction on vs off:
+(the last one is kept whole in the full pool, docs/design/eviction.md), eviction on (the default)
+vs off, with page sizes 1, 16 and 64:
 
 * the same requests give token-identical greedy outputs wherever the computation has the same
   shapes in both runs (FlashInfer and the GEMMs are then bitwise deterministic). With the radix
@@ -35,6 +36,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
 MODEL = str(Path(__file__).resolve().parents[1] / "benchmarks" / "models" / "qwen3-0.6b")
 W, K = 64, 4
+PAGES = [1, 16, 64]  # sinks and windows are kept at page granularity: K = 4 takes a whole page
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +61,8 @@ def _requests(seed: int = 0):
     return round1, round2
 
 
-def _engine(evict: bool, op_check: Path | None = None, model: str = MODEL, **kw):
+def _engine(evict: bool | None, op_check: Path | None = None, model: str = MODEL, **kw):
+    """An Engine with W = 64, k = 4; ``evict`` None leaves window eviction to its default (on here)."""
     import sglang
 
     config = SWAAConfig(sliding_window_size=W, keep_first=K, evict_window=evict)
@@ -101,7 +104,7 @@ def _pools_whole(engine) -> None:
     assert len(out["output_ids"]) == 2
 
 
-def _run(evict: bool, batched: bool, op_check: Path | None = None, requests=None, **kw):
+def _run(evict: bool | None, batched: bool, op_check: Path | None = None, requests=None, **kw):
     round1, round2 = requests or _requests()
     engine = _engine(evict, op_check, **kw)
     try:
@@ -125,26 +128,30 @@ def _identical_until_shapes_differ(on, off) -> int:
     return n
 
 
-def test_chunk_cache_eviction_is_token_identical_with_cuda_graphs():
+@pytest.mark.parametrize("page", PAGES)
+def test_chunk_cache_eviction_is_token_identical_with_cuda_graphs(page):
     """No radix cache: SGLang's SWA chunk cache frees the window's past during chunked prefill and
-    decode; shapes are identical in both runs, so every output must be identical. CUDA graphs on."""
-    on, info = _run(True, batched=True, disable_radix_cache=True)
-    off, _ = _run(False, batched=True, disable_radix_cache=True)
-    assert info["radix_cache_backend"] == "swaa"
+    decode; shapes are identical in both runs, so every output must be identical. CUDA graphs on.
+    Eviction by default (no evict_window given) against eviction off."""
+    on, info = _run(None, batched=True, disable_radix_cache=True, page_size=page)
+    off, _ = _run(False, batched=True, disable_radix_cache=True, page_size=page)
+    assert info["radix_cache_backend"] == "swaa" and info["page_size"] == page  # eviction's cache: on by default
     assert all(len(ids) == n for (ids, _), (_, n) in zip(on, _requests()[0] + _requests()[1]))
     assert [ids for ids, _ in on] == [ids for ids, _ in off]
 
 
-def test_radix_cache_eviction_reuses_prefixes_exactly(tmp_path):
+@pytest.mark.parametrize("page", PAGES)
+def test_radix_cache_eviction_reuses_prefixes_exactly(tmp_path, page):
     """Radix cache with prefix reuse, eager (no CUDA graphs), op check on in the eviction run."""
     log = tmp_path / "opcheck.jsonl"
-    on, info = _run(True, batched=False, op_check=log, disable_cuda_graph=True)
-    off, _ = _run(False, batched=False, disable_cuda_graph=True)
-    assert info["radix_cache_backend"] == "swaa"
+    on, info = _run(True, batched=False, op_check=log, disable_cuda_graph=True, page_size=page)
+    off, _ = _run(False, batched=False, disable_cuda_graph=True, page_size=page)
+    assert info["radix_cache_backend"] == "swaa" and info["page_size"] == page
     same = _identical_until_shapes_differ(on, off)
     hits_on = [h for _, h in on]
     hits_off = [h for _, h in off]
-    print(f"\nidentical for the first {same}/{len(on)} requests; cached tokens on={hits_on} off={hits_off}")
+    print(f"\npage {page}: identical for the first {same}/{len(on)} requests; cached tokens on={hits_on} "
+          f"off={hits_off}")
     assert same >= 1
     assert any(h > K for h in hits_on), "no prefix reuse beyond the sinks with eviction on"
     records = [json.loads(line) for line in log.read_text().splitlines()]
@@ -156,12 +163,13 @@ def test_radix_cache_eviction_reuses_prefixes_exactly(tmp_path):
     assert max(r["max_seq_len"] for r in records) > 4 * W
 
 
-def test_radix_cache_eviction_batched_with_cuda_graphs(tmp_path):
+@pytest.mark.parametrize("page", PAGES)
+def test_radix_cache_eviction_batched_with_cuda_graphs(tmp_path, page):
     """Batched, CUDA graphs on (decode replays re-plan the translated index lists), op check on
     (eager calls only); identity where the batch hit the cache the same way."""
     log = tmp_path / "opcheck.jsonl"
-    on, _ = _run(True, batched=True, op_check=log)
-    off, _ = _run(False, batched=True)
+    on, _ = _run(True, batched=True, op_check=log, page_size=page)
+    off, _ = _run(False, batched=True, page_size=page)
     round1 = len(_requests()[0])
     if [h for _, h in on[:round1]] == [h for _, h in off[:round1]]:
         assert [ids for ids, _ in on[:round1]] == [ids for ids, _ in off[:round1]]

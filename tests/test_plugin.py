@@ -182,8 +182,12 @@ def test_plain_sglang_args_with_override_json_are_checked_too():
     assert "ERROR:swaa: the 'swaa' attention backend needs a SWAA config" in r.stdout, r.stderr[-3000:]
 
 
+DECIDED = SWAAConfig(64, 4, evict_window=False)
+
+
 def _server_args(**kw):
-    base = dict(json_model_override_args=with_config(None, SWAAConfig(64, 4)), attention_backend="swaa",
+    # as the workers receive them: the launching process has decided evict_window (here: off)
+    base = dict(json_model_override_args=with_config(None, DECIDED), attention_backend="swaa",
                 prefill_attention_backend=None,
                 decode_attention_backend=None, speculative_algorithm=None, enable_mis=False, enable_mixed_chunk=False)
     base.update(kw)
@@ -212,12 +216,20 @@ def test_server_arg_refusals(kw, message):
 
 
 def test_mixed_chunk_allowed_with_and_without_fa_decode():
-    assert check_server_args(_server_args(enable_mixed_chunk=True)) == SWAAConfig(64, 4)
-    fa = SWAAConfig(64, 4, True)
+    assert check_server_args(_server_args(enable_mixed_chunk=True)) == DECIDED
+    fa = SWAAConfig(64, 4, True, evict_window=False)
     assert check_server_args(_server_args(enable_mixed_chunk=True, json_model_override_args=with_config(None, fa))) == fa
-    assert check_server_args(_server_args(decode_attention_backend="swaa")) == SWAAConfig(64, 4)
+    assert check_server_args(_server_args(decode_attention_backend="swaa")) == DECIDED
     both = _server_args(attention_backend=None, prefill_attention_backend="swaa", decode_attention_backend="swaa")
-    assert check_server_args(both) == SWAAConfig(64, 4)
+    assert check_server_args(both) == DECIDED
+
+
+def test_an_undecided_eviction_default_is_refused_in_the_server():
+    """The default of evict_window depends on the layer count; the launching process decides it. A config
+    that reaches the server checks undecided is refused, naming the field, rather than guessed."""
+    undecided = _server_args(json_model_override_args=with_config(None, SWAAConfig(64, 4)))
+    with pytest.raises(ValueError, match="^evict_window: the swaa config reached the server undecided"):
+        check_server_args(undecided)
 
 
 def test_extend_batches_mark_their_prompt_lengths():
@@ -256,7 +268,7 @@ def test_extend_batches_mark_their_prompt_lengths():
     ],
 )
 def test_model_refusals(facts, message):
-    cfg = SWAAConfig(64, 100, non_sliding_layers=[1, 5])
+    cfg = SWAAConfig(64, 100, non_sliding_layers=[1, 5], evict_window=False)
     with pytest.raises(ValueError) as e:
         check_model(cfg, facts)
     assert str(e.value).startswith(message)

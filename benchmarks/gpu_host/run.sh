@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run on the GPU host, from the repository root, after the offline stack is in /tmp/site (README.md here):
-#   bash benchmarks/gpu_host/run.sh [install] [ops] [tests] [models] [examples] [eviction] [bench] [e2e] [onebatch] [soak] [faults] [determinism] [quality] [concurrency] [savejit] [loadjit]
+#   bash benchmarks/gpu_host/run.sh [install] [ops] [tests] [models] [examples] [eviction] [bench] [e2e] [onebatch] [soak] [faults] [determinism] [retraction] [quality] [concurrency] [prefix] [savejit] [loadjit]
 #   (default: ops tests models bench)
 # Installs this checkout into /tmp/site the way SGLang finds plugins (entry point
 # metadata), then runs the given steps; logs go to $SWAA_RESULTS_DIR (default $OUT).
@@ -63,6 +63,7 @@ for step in $steps; do
                  # the servers' logs and configs as one file (a device call returns at most 8)
                  [ -d "$SWAA_RESULTS_DIR/quality_server$tag" ] && tar czf "$SWAA_RESULTS_DIR/quality_server$tag.servers.tgz" \
                    -C "$SWAA_RESULTS_DIR" "quality_server$tag" && rm -rf "$SWAA_RESULTS_DIR/quality_server$tag" ;;
+    prefix)      logged prefix_cache python3 benchmarks/bench_prefix_cache.py ${PREFIX_ARGS:-} --out "$SWAA_RESULTS_DIR/prefix_cache$tag.json" ;;
     concurrency) logged concurrency python3 benchmarks/bench_concurrency.py ${CONC_ARGS:-} --out "$SWAA_RESULTS_DIR/concurrency$tag.json" ;;
     bench)       logged bench_ops python3 benchmarks/bench_attention_ops.py ${BENCH_ARGS:-} --out "$SWAA_RESULTS_DIR/ops$tag.json" ;;
     savejit)     # this host's compiled FlashInfer modules, as <ver>/<arch>/<name>/<name>.so, in <=15 MiB parts

@@ -18,6 +18,7 @@ from swaa_sglang.serving.server_args import (
     HYBRID_KEYS,
     MISSING_CONFIG_HELP,
     config_from_override_args,
+    eviction_on,
 )
 
 
@@ -56,6 +57,9 @@ def facts_from_model_config(mc: Any, sliding_window: Optional[int] = None,
 
 
 PHASES = ("prefill_attention_backend", "decode_attention_backend")
+# how refusals that depend on window eviction name it (it is on by default, so the user may not have asked)
+EVICTION_IS = "evict_window, on by default where layers are windowed"
+OFF_HINT = "or turn window eviction off (--swaa-evict-window off, \"evict_window\": false)"
 
 
 def uses_swaa(server_args: Any) -> bool:
@@ -67,8 +71,9 @@ def _get(server_args: Any, name: str, default=None):
     return getattr(server_args, name, default)
 
 
-def check_server_args(server_args: Any) -> SWAAConfig:
-    """Refuse what SWAA cannot serve correctly; return the config. Raises ValueError naming the field."""
+def check_backend_args(server_args: Any) -> SWAAConfig:
+    """The backend choice and the server features SWAA cannot serve; returns the SWAA config as given
+    (``evict_window`` possibly undecided). Raises ValueError naming the field."""
     config = config_from_override_args(_get(server_args, "json_model_override_args"))
     if config is None:
         raise ValueError(MISSING_CONFIG_HELP)
@@ -103,29 +108,38 @@ def check_server_args(server_args: Any) -> SWAAConfig:
         )
     if _get(server_args, "enable_mis"):
         raise ValueError("enable_mis: multi-item scoring is not supported with SWAA; allowed: off")
+    return config
+
+
+def check_server_args(server_args: Any) -> SWAAConfig:
+    """Refuse what SWAA cannot serve correctly; return the config. Raises ValueError naming the field.
+
+    The config's ``evict_window`` must be decided (the launching process's hook decides the default
+    first; :func:`swaa_sglang.serving.server_args.eviction_on`)."""
+    return check_eviction_args(server_args, check_backend_args(server_args))
+
+
+def check_eviction_args(server_args: Any, config: SWAAConfig) -> SWAAConfig:
+    """What window eviction, on or off, needs from the other server args; ``config``'s ``evict_window``
+    must be decided. Returns ``config``."""
     cache = _get(server_args, "radix_cache_backend")
-    if config.evict_window:
+    if eviction_on(config):
         if cache not in (None, EVICTION_CACHE):
             raise ValueError(
-                f"radix_cache_backend: '{cache}' does not know SWAA sinks; window eviction (evict_window) needs "
-                f"'{EVICTION_CACHE}' (leave --radix-cache-backend unset or set it to '{EVICTION_CACHE}')"
+                f"radix_cache_backend: '{cache}' does not know SWAA sinks; window eviction ({EVICTION_IS}) needs "
+                f"'{EVICTION_CACHE}' (leave --radix-cache-backend unset or set it to '{EVICTION_CACHE}'), {OFF_HINT}"
             )
         if _get(server_args, "disable_hybrid_swa_memory"):
-            raise ValueError("disable_hybrid_swa_memory: window eviction (evict_window) needs SGLang's hybrid SWA "
-                             "pool; remove --disable-hybrid-swa-memory or set evict_window off")
+            raise ValueError(f"disable_hybrid_swa_memory: window eviction ({EVICTION_IS}) needs SGLang's hybrid SWA "
+                             f"pool; remove --disable-hybrid-swa-memory, {OFF_HINT}")
         if _get(server_args, "enable_hierarchical_cache"):
-            raise ValueError("enable_hierarchical_cache: not supported with window eviction (evict_window); "
-                             "allowed: off")
-        page = _get(server_args, "page_size")
-        if page not in (None, 1):
-            # sinks and windows are page-aligned by the cache code, but only page size 1 has been
-            # driven through the pool/cache tests and the GPU check (docs/design/eviction.md, "Not proven here")
-            raise ValueError(f"page_size: window eviction (evict_window) is verified with page size 1 only; got "
-                             f"{page}; allowed: 1 (or evict_window off, which accepts any page size)")
+            raise ValueError(f"enable_hierarchical_cache: not supported with window eviction ({EVICTION_IS}); "
+                             f"allowed: off, {OFF_HINT}")
     elif cache == EVICTION_CACHE:
         raise ValueError(
-            f"radix_cache_backend: '{EVICTION_CACHE}' is SWAA's window-eviction cache; turn evict_window on "
-            "(--swaa-evict-window on) or leave --radix-cache-backend unset"
+            f"radix_cache_backend: '{EVICTION_CACHE}' is SWAA's window-eviction cache, and window eviction is off "
+            "for this config (set off, or no layer is windowed); leave --radix-cache-backend unset, or turn "
+            "evict_window on for a config with windowed layers"
         )
     else:
         carried = _hybrid_keys_in(_get(server_args, "json_model_override_args"))
@@ -151,7 +165,7 @@ def check_model(config: SWAAConfig, model: ModelFacts) -> SWAAConfig:
                          "does not support; allowed: models with standard multi-head or grouped-query attention")
     # Models whose config declares a window are refused before this (model_support); a window
     # here is the one the plugin's eviction hook set, or one the model class brings itself.
-    if config.evict_window:
+    if eviction_on(config):
         expected = config.sglang_window
         if model.model_class_window or model.sliding_window != expected:
             raise ValueError(

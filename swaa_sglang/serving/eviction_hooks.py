@@ -1,7 +1,7 @@
 """Window-eviction hooks (every process): SGLang's hybrid SWA pool switched on for SWAA, sinks kept,
 window frees counted, and admission that reserves the SWA slots running requests will still use.
 
-Each hook is a no-op unless this process serves the swaa backend with ``evict_window`` on (the
+Each hook is a no-op unless this process serves the swaa backend with window eviction on (the
 admission hooks: unless the tree cache is the SWAA eviction cache). The hooks are declared as data
 (:data:`HOOKS`, :data:`ADMISSION_RESERVE_HOOKS`, :data:`ADMISSION_ONE_CHUNK_HOOKS`) on targets of
 the seam table; ``swaa_sglang.serving.plugin`` registers them.
@@ -19,7 +19,14 @@ from attention_backends import admission
 from attention_backends.eviction_policy import sink_floor
 
 from . import seam
-from .server_args import BACKEND_NAME, EVICTION_CACHE, OVERRIDE_KEY, config_from_override_args, hybrid_overrides
+from .server_args import (
+    BACKEND_NAME,
+    EVICTION_CACHE,
+    OVERRIDE_KEY,
+    config_from_override_args,
+    eviction_on,
+    hybrid_overrides,
+)
 
 logger = logging.getLogger("swaa_sglang")
 
@@ -40,7 +47,12 @@ def _eviction_model_config(model_config) -> None:
         return None
     # the same canonical JSON for the same block: parsed once per process (config_from_override_args caches it)
     config = config_from_override_args(json.dumps({OVERRIDE_KEY: raw}, sort_keys=True))
-    if config is None or not config.evict_window:
+    if config is None:
+        return None
+    # Decided in the launching process (its ServerArgs hook); deciding the default again here from
+    # the same layer count gives the same answer, and keeps a ModelConfig built on its own consistent.
+    config = config.with_eviction_resolved(model_config.hf_text_config.num_hidden_layers)
+    if not config.evict_window:
         return None
     from sglang.srt.configs.model_config import is_hybrid_swa_model
 
@@ -88,7 +100,7 @@ def _eviction_floor_hook() -> Optional[Callable[[Any], None]]:
     key = (server_args.json_model_override_args, server_args.page_size)
     if key not in _floor_hooks:
         config = config_from_override_args(server_args.json_model_override_args)
-        on = config is not None and config.evict_window
+        on = config is not None and eviction_on(config)
         _floor_hooks[key] = sink_floor_hook(config.keep_first, server_args.page_size or 1) if on else None
     return _floor_hooks[key]
 
@@ -162,10 +174,10 @@ def _radix_cache_factory(ctx):
     from attention_backends.radix_cache import make_radix_cache_factory
 
     config = config_from_override_args(ctx.server_args.json_model_override_args)
-    if config is None or not config.evict_window:
+    if config is None or not eviction_on(config):
         raise ValueError(
             f"radix_cache_backend: '{RADIX_CACHE_NAME}' is SWAA's window-eviction cache; it needs a SWAA config "
-            "with evict_window on (--swaa-evict-window on, or \"evict_window\": true in the swaa override)"
+            "with window eviction on (the default where layers are windowed; \"evict_window\": true)"
         )
     cache = make_radix_cache_factory(config.keep_first)(ctx)
     alloc = ctx.params.token_to_kv_pool_allocator

@@ -50,6 +50,24 @@ def _config_from_data(data: dict[str, Any]) -> Optional[SWAAConfig]:
     return SWAAConfig.from_dict(data[OVERRIDE_KEY])
 
 
+def eviction_on(config: SWAAConfig) -> bool:
+    """Whether window eviction is on, for a config as the server runs it.
+
+    The launching process decides the default (``evict_window`` unset: on where some layer is
+    windowed) once it knows the layer count, and writes the decision into
+    ``json_model_override_args`` before any worker starts. An undecided config here means that
+    step did not run; guessing would let the pool and the sink floor disagree, so it is refused.
+    """
+    if config.evict_window is None:
+        raise ValueError(
+            "evict_window: the swaa config reached the server undecided (its default depends on the model's "
+            "layers and is decided by the plugin's ServerArgs hook in the launching process, which did not run); "
+            "start through python -m swaa_sglang.launch_server, sglang.launch_server or sglang.Engine with "
+            "swaa-sglang installed, or set evict_window true/false explicitly"
+        )
+    return config.evict_window
+
+
 # HF-config keys that switch SGLang's hybrid SWA pool on (configs/model_config.py):
 # is_hybrid_swa_model() accepts any config with is_hybrid_swa, get_hybrid_layer_ids()
 # reads hybrid_layer_pattern (1 = SWA pool, 0 = full pool), _get_sliding_window_size()

@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import logging
 
-from swaa_sglang.model_support import check_model_config, read_hf_config
+from swaa_sglang.config import LayerSet
+from swaa_sglang.model_support import check_model_config, num_layers_of, read_hf_config
 
 from . import seam
-from .checks import check_model, check_server_args, facts_from_model_config, uses_swaa
+from .checks import (
+    check_backend_args,
+    check_eviction_args,
+    check_model,
+    check_server_args,
+    facts_from_model_config,
+    uses_swaa,
+)
 from .server_args import EVICTION_CACHE, hybrid_layer_pattern, with_config
 
 logger = logging.getLogger("swaa_sglang")
@@ -45,11 +53,23 @@ def _prepare_server_args(server_args) -> None:
     """
     if not uses_swaa(server_args):
         return None
-    config = check_server_args(server_args)
+    config = check_backend_args(server_args)
     hf_config = read_hf_config(server_args.model_path, server_args.json_model_override_args,
                                trust_remote_code=bool(getattr(server_args, "trust_remote_code", False)),
                                revision=getattr(server_args, "revision", None))
-    check_model_config(config, hf_config, getattr(server_args, "context_length", None))
+    config = check_model_config(config, hf_config, getattr(server_args, "context_length", None))
+    if config.evict_window is None:
+        # The default (on where some layer is windowed) depends on the layer count, known here: decide it
+        # once and write it into the override, so that every worker process receives the decision.
+        num_layers = num_layers_of(hf_config)
+        config = config.with_eviction_resolved(num_layers)
+        server_args.json_model_override_args = with_config(server_args.json_model_override_args, config)
+        if not config.evict_window:
+            logger.info("swaa: window eviction off: no layer is windowed (each of the %d layers is full or decodes "
+                        "with full attention), so every layer keeps all of its KV", num_layers)
+    elif not config.evict_window:
+        logger.info("swaa: window eviction off (evict_window false): every layer keeps all of its KV")
+    check_eviction_args(server_args, config)
     if config.evict_window:
         chosen = getattr(server_args, "radix_cache_backend", None)
         if chosen is None:
@@ -102,10 +122,12 @@ def _configure_eviction(server_args, config, mc) -> None:
         )
         server_args.override("swaa", swa_full_tokens_ratio=ratio)
     windowed = config.windowed_layers(mc.num_hidden_layers)
+    evicted = [i for i, in_swa_pool in enumerate(pattern) if in_swa_pool]
     logger.info(
-        "swaa: window eviction on: %d/%d layers keep sinks + window only (SWA pool, SGLang window %d), "
+        "swaa: window eviction on: %d/%d layers keep sinks + window only (layers %s; SWA pool, SGLang window %d), "
         "%d layers keep all KV (full pool)%s; swa_full_tokens_ratio %.4g; radix cache backend %s",
-        sum(pattern), len(pattern), config.sglang_window, len(pattern) - sum(pattern),
+        sum(pattern), len(pattern), LayerSet(ids=tuple(evicted)).compact(), config.sglang_window,
+        len(pattern) - sum(pattern),
         " (incl. windowed layer %d, kept whole so the hybrid allocator is used)" % (len(pattern) - 1)
         if len(windowed) == len(pattern) else "",
         ratio, server_args.radix_cache_backend,
