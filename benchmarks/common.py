@@ -215,3 +215,24 @@ def write_json(path: str | Path | None, result: dict[str, Any]) -> None:
     """Rewrite the result file (called after each measured part, so that a killed run keeps them)."""
     if path:
         Path(path).write_text(json.dumps(result, indent=1))
+
+
+class PartialWriter:
+    """Every record appended to ``OUT.partial.jsonl`` as it arrives (started empty), so a run that
+    crashes late keeps its answers; :meth:`done` removes the file once the full result is written.
+    Does nothing without ``--out``."""
+
+    def __init__(self, out: str | None):
+        self.path = Path(out + ".partial.jsonl") if out else None
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("", encoding="utf-8")
+
+    def __call__(self, record: dict) -> None:
+        if self.path:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def done(self) -> None:
+        if self.path:
+            self.path.unlink(missing_ok=True)

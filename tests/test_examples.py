@@ -140,7 +140,10 @@ def test_serve_sh_commands(tmp_path, smollm2_path):
     from swaa_sglang.serving.server_args import config_from_override_args
 
     assert backend == "swaa" and port == 30123 and model == smollm2_path
-    assert config_from_override_args(override) == preset_config("balanced")
+    # the server receives the preset with window eviction decided: off, no layer of balanced is windowed
+    served = config_from_override_args(override)
+    assert served.evict_window is False
+    assert served == preset_config("balanced").with_eviction_resolved(30)
 
 
 def test_serve_sh_rejects_unknown_mode():

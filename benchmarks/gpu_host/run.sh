@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run on the GPU host, from the repository root, after the offline stack is in /tmp/site (README.md here):
-#   bash benchmarks/gpu_host/run.sh [install] [ops] [tests] [models] [examples] [eviction] [bench] [e2e] [onebatch] [soak] [faults] [determinism] [retraction] [quality] [concurrency] [prefix] [savejit] [loadjit]
+#   bash benchmarks/gpu_host/run.sh [install] [ops] [tests] [models] [examples] [eviction] [bench] [e2e] [onebatch] [soak] [faults] [determinism] [retraction] [quality] [concurrency] [prefix] [ruler] [calibrate] [savejit] [loadjit]
 #   (default: ops tests models bench)
 # Installs this checkout into /tmp/site the way SGLang finds plugins (entry point
 # metadata), then runs the given steps; logs go to $SWAA_RESULTS_DIR (default $OUT).
@@ -63,6 +63,10 @@ for step in $steps; do
                  # the servers' logs and configs as one file (a device call returns at most 8)
                  [ -d "$SWAA_RESULTS_DIR/quality_server$tag" ] && tar czf "$SWAA_RESULTS_DIR/quality_server$tag.servers.tgz" \
                    -C "$SWAA_RESULTS_DIR" "quality_server$tag" && rm -rf "$SWAA_RESULTS_DIR/quality_server$tag" ;;
+    ruler)       # RULER-style tasks per setting through live servers (quality_ruler.py --runner launch); RULER_ARGS
+                 logged ruler python3 benchmarks/quality_ruler.py --runner launch --no-progress ${RULER_ARGS:-} --out "$SWAA_RESULTS_DIR/ruler$tag.json" ;;
+    calibrate)   # the full-layer calibrator (python -m swaa_sglang.calibrate); CALIBRATE_ARGS (--window, --full-layers, ...)
+                 logged calibrate python3 -m swaa_sglang.calibrate --device cuda --no-progress ${CALIBRATE_ARGS:-} --out "$SWAA_RESULTS_DIR/calibrate$tag.yaml" ;;
     prefix)      logged prefix_cache python3 benchmarks/bench_prefix_cache.py ${PREFIX_ARGS:-} --out "$SWAA_RESULTS_DIR/prefix_cache$tag.json" ;;
     concurrency) logged concurrency python3 benchmarks/bench_concurrency.py ${CONC_ARGS:-} --out "$SWAA_RESULTS_DIR/concurrency$tag.json" ;;
     bench)       logged bench_ops python3 benchmarks/bench_attention_ops.py ${BENCH_ARGS:-} --out "$SWAA_RESULTS_DIR/ops$tag.json" ;;

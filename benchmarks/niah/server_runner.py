@@ -119,6 +119,58 @@ def server_flags(config: SWAAConfig, config_file: Path) -> list[str]:
     return ["--swaa-config", str(config_file)]
 
 
+# what one server runs: (url, {setting name: {window: Setting}}, its share of the deadline) ->
+# (records, the model name the server reported)
+RunOnServer = Callable[[str, dict[str, dict[int, Setting]], float | None], tuple[list[dict[str, Any]], str]]
+
+
+def for_each_server(args: argparse.Namespace, model_path: str, windows: Sequence[int], names: Sequence[str],
+                    log_dir: Path, run_on_server: RunOnServer,
+                    deadline: float | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Start one server per distinct config (:func:`server_groups`), one at a time, and run
+    ``run_on_server`` on each; returns the records and what each server was (flags, log, start-up
+    seconds, error). A server that does not start or dies mid-run is recorded and the next one runs.
+    ``deadline`` is shared out evenly over the servers still to run, so a budget does not starve
+    the last settings. Uses ``args.launch_command``, ``sinks``, ``launch_args``, ``port``, ``launch_timeout``."""
+    command = shlex.split(args.launch_command)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    groups = server_groups(windows, args.sinks, names)
+    records: list[dict[str, Any]] = []
+    servers: list[dict[str, Any]] = []
+    for i, group in enumerate(groups):
+        label = "_".join(dict.fromkeys(s.name for _, s in group["settings"])).replace("+", "-")
+        flags = server_flags(group["config"], log_dir / f"swaa_config_{i}_{label}.json")
+        launch_args = shlex.join(["--model-path", model_path, *flags]) + " " + (args.launch_args or "")
+        log = log_dir / f"server_{i}_{label}.log"
+        t0 = time.time()
+        logger.info("server %d/%d (%s): %s", i + 1, len(groups), label, launch_args)
+        info: dict[str, Any] = {"settings": sorted({s.name for _, s in group["settings"]}),
+                                "windows": sorted({w for w, _ in group["settings"]}),
+                                "config": group["config"].to_dict(), "flags": launch_args.strip(), "log": log.name}
+        servers.append(info)
+        try:
+            proc, url = launch_server(shlex.split(launch_args), args.port, log, args.launch_timeout, command)
+        except SystemExit as e:  # this setting's server did not come up: record it, go on with the next
+            info["error"] = str(e)
+            logger.error("server %d (%s) did not start: %s", i + 1, label, e)
+            continue
+        info["start_seconds"] = round(time.time() - t0, 1)
+        try:
+            share = None if deadline is None else time.time() + (deadline - time.time()) / (len(groups) - i)
+            by_name: dict[str, dict[int, Setting]] = {}
+            for w, s in group["settings"]:
+                by_name.setdefault(s.name, {})[w] = s
+            got, info["model"] = run_on_server(url, by_name, share)
+            records += got
+        except Exception as e:  # e.g. the server died mid-run: keep what it answered, go on
+            info["error"] = f"{type(e).__name__}: {e}"
+            logger.error("server %d (%s) failed: %s", i + 1, label, info["error"])
+        finally:
+            stop_server(proc)
+        info["seconds"] = round(time.time() - t0, 1)
+    return records, servers
+
+
 def run_launched(
     args: argparse.Namespace,
     model_path: str,
@@ -133,50 +185,20 @@ def run_launched(
     on_record: Callable[[dict], None] | None = None,
     deadline: float | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Every setting through a server of its own, one server at a time; returns the records and
-    what each server was (flags, log, start-up seconds). ``deadline`` is shared out evenly over
-    the servers still to run, so that a budget does not starve the last settings."""
-    command = shlex.split(args.launch_command)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    groups = server_groups(windows, args.sinks, names)
-    records: list[dict[str, Any]] = []
-    servers: list[dict[str, Any]] = []
-    for i, group in enumerate(groups):
-        label = "_".join(dict.fromkeys(s.name for _, s in group["settings"])).replace("+", "-")
-        flags = server_flags(group["config"], log_dir / f"swaa_config_{i}_{label}.json")
-        launch_args = shlex.join(["--model-path", model_path, *flags]) + " " + (args.launch_args or "")
-        log = log_dir / f"server_{i}_{label}.log"
-        t0 = time.time()
-        logger.info("server %d/%d (%s): %s", i + 1, len(groups), label, launch_args)
-        info = {"settings": sorted({s.name for _, s in group["settings"]}),
-                "windows": sorted({w for w, _ in group["settings"]}), "config": group["config"].to_dict(),
-                "flags": launch_args.strip(), "log": log.name}
-        servers.append(info)
-        try:
-            proc, url = launch_server(shlex.split(launch_args), args.port, log, args.launch_timeout, command)
-        except SystemExit as e:  # this setting's server did not come up: record it, go on with the next
-            info["error"] = str(e)
-            logger.error("server %d (%s) did not start: %s", i + 1, label, e)
-            continue
-        info["start_seconds"] = round(time.time() - t0, 1)
-        try:
-            share = None if deadline is None else time.time() + (deadline - time.time()) / (len(groups) - i)
-            by_name: dict[str, dict[int, Setting]] = {}
-            for w, s in group["settings"]:
-                by_name.setdefault(s.name, {})[w] = s
-            for name, by_window in by_name.items():
-                runner = ServerRunner(url, next(iter(by_window.values())), args.max_new_tokens, args.endpoint,
-                                      args.prompt_format, args.server_model)
-                records += run_benchmark(
-                    runner, tokenizer, corpus, lengths, sorted(by_window), lambda w: [by_window[w]], args.samples,
-                    args.seed, args.max_new_tokens, positions, depths, not args.no_answer_prefix,
-                    progress=not args.no_progress, on_record=on_record, deadline=share,
-                )
-                info["model"] = runner.model_name()
-        except Exception as e:  # e.g. the server died mid-run: keep what it answered, go on
-            info["error"] = f"{type(e).__name__}: {e}"
-            logger.error("server %d (%s) failed: %s", i + 1, label, info["error"])
-        finally:
-            stop_server(proc)
-        info["seconds"] = round(time.time() - t0, 1)
-    return records, servers
+    """Every needle setting through a server of its own (:func:`for_each_server`)."""
+
+    def run_on_server(url: str, by_name: dict[str, dict[int, Setting]], share: float | None):
+        records: list[dict[str, Any]] = []
+        model = ""
+        for by_window in by_name.values():
+            runner = ServerRunner(url, next(iter(by_window.values())), args.max_new_tokens, args.endpoint,
+                                  args.prompt_format, args.server_model)
+            records += run_benchmark(
+                runner, tokenizer, corpus, lengths, sorted(by_window), lambda w, bw=by_window: [bw[w]], args.samples,
+                args.seed, args.max_new_tokens, positions, depths, not args.no_answer_prefix,
+                progress=not args.no_progress, on_record=on_record, deadline=share,
+            )
+            model = runner.model_name()
+        return records, model
+
+    return for_each_server(args, model_path, windows, names, log_dir, run_on_server, deadline)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from swaa_sglang.data import encode_with_offsets, joined_essays, sentence_starts, token_span
 
 INSTRUCTION = (
     "Some special magic numbers are hidden within the following text. Make sure to memorize it. "
@@ -76,7 +77,6 @@ DEFAULT_WINDOWS = (512,)
 DEFAULT_SINKS = 64
 DEFAULT_MAX_NEW_TOKENS = 16
 # Sentence starts: after ". ", "? ", "! " (a closing quote allowed) before a capital, or a paragraph break.
-_SENTENCE_END = re.compile(r"[.?!][\"')\]]? +(?=[A-Z\"'(])|\n+(?=\S)")
 
 
 @dataclass(frozen=True)
@@ -145,17 +145,7 @@ class Corpus:
     """The essays as one text, tokenized once (ids and character offsets)."""
 
     def __init__(self, tokenizer: Any, texts: Sequence[str] | None = None):
-        if texts is None:
-            from swaa_sglang.data import essay_texts
-
-            texts = essay_texts()
-        paragraphs = []
-        for t in texts:  # the essays are hard-wrapped: one line per paragraph, paragraphs split by blank lines
-            for para in re.split(r"\n\s*\n", t.replace("\r\n", "\n")):
-                para = re.sub(r"\s+", " ", para).strip()
-                if para:
-                    paragraphs.append(para)
-        self.text = "\n\n".join(paragraphs)
+        self.text = joined_essays(texts)
         enc = tokenizer(self.text, return_offsets_mapping=True, add_special_tokens=False, verbose=False)
         self.offsets: list[tuple[int, int]] = [tuple(o) for o in enc["offset_mapping"]]
         self.sha256 = hashlib.sha256(self.text.encode("utf-8")).hexdigest()[:16]
@@ -168,19 +158,7 @@ class Corpus:
         return self.text[self.offsets[start][0] : self.offsets[start + n_tokens - 1][1]]
 
 
-def _sentence_starts(text: str) -> list[int]:
-    return [m.end() for m in _SENTENCE_END.finditer(text)]
 
-
-def _encode(tokenizer: Any, prompt: str) -> tuple[list[int], list[tuple[int, int]]]:
-    enc = tokenizer(prompt, return_offsets_mapping=True, add_special_tokens=False, verbose=False)
-    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-
-
-def _char_span_to_tokens(offsets: Sequence[tuple[int, int]], lo: int, hi: int) -> tuple[int, int]:
-    """[start, end) of the tokens overlapping characters [lo, hi)."""
-    idx = [i for i, (a, b) in enumerate(offsets) if a < hi and b > lo]
-    return idx[0], idx[-1] + 1
 
 
 def _build_prompt(tokenizer: Any, city: str, haystack: str, use_answer_prefix: bool) -> tuple[tuple, str, str]:
@@ -215,12 +193,12 @@ def make_sample(
     depth = outside_depths[index % len(outside_depths)]
 
     _, _, bare = _build_prompt(tokenizer, city, "", use_answer_prefix)
-    fixed = len(_encode(tokenizer, bare)[0]) + len(_encode(tokenizer, needle + " ")[0])
+    fixed = len(encode_with_offsets(tokenizer, bare)[0]) + len(encode_with_offsets(tokenizer, needle + " ")[0])
     n_hay = context_length - fixed
     if n_hay < 64:
         raise ValueError(f"context_length: {context_length} leaves only {n_hay} haystack tokens")
     head_chars = bare.index("\n\n\n\n") + 2  # where the (empty) haystack sits in the bare prompt
-    head_tokens = len(_encode(tokenizer, bare[:head_chars])[0])
+    head_tokens = len(encode_with_offsets(tokenizer, bare[:head_chars])[0])
 
     for _attempt in range(8):
         start = int(start_frac * (len(corpus) - n_hay - 1))
@@ -233,7 +211,7 @@ def make_sample(
         else:
             # Needle start between (just inside the window of the last answer query) and (just before the question).
             first_ok = context_length + max_new_tokens - 1 - window + 8
-            last_ok = context_length - tail - (fixed - len(_encode(tokenizer, bare)[0])) - 8
+            last_ok = context_length - tail - (fixed - len(encode_with_offsets(tokenizer, bare)[0])) - 8
             if last_ok < first_ok:
                 raise ValueError(
                     f"window: {window} is too small to hold the needle, question and {max_new_tokens} answer tokens"
@@ -244,7 +222,7 @@ def make_sample(
         # Candidate insertion points: sentence starts, nearest to the target first.
         t = min(max(target - head_tokens, 0), n_hay - 1)
         target_char = corpus.offsets[start + t][0] - base
-        starts = [c for c in _sentence_starts(haystack) if 0 < c < len(haystack)]
+        starts = [c for c in sentence_starts(haystack) if 0 < c < len(haystack)]
         starts.sort(key=lambda c: abs(c - target_char))
         candidates = [c for c in starts[:40] if abs(c - target_char) < 1200] or [
             haystack.rfind(" ", 0, target_char) + 1
@@ -254,9 +232,9 @@ def make_sample(
             messages, prefix, prompt = _build_prompt(tokenizer, city, hay, use_answer_prefix)
             if prompt.count(needle) != 1:
                 continue
-            ids, offsets = _encode(tokenizer, prompt)
+            ids, offsets = encode_with_offsets(tokenizer, prompt)
             lo = prompt.index(needle)
-            span = _char_span_to_tokens(offsets, lo, lo + len(needle))
+            span = token_span(offsets, lo, lo + len(needle))
             n = len(ids)
             if n > context_length:
                 break  # too long: shrink the haystack and retry
