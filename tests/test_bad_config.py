@@ -353,7 +353,7 @@ def test_a_bad_flag_prints_the_short_usage_not_every_option(runs):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not NO_CUDA, reason="a CUDA GPU is present")
+@pytest.mark.skipif(not NO_CUDA, reason="checks the message shown on a machine without a GPU; this one has a CUDA GPU")
 def test_no_gpu_is_one_line_after_the_config_checks(runs):
     """A valid config without a CUDA GPU: one line pointing to the HF reference, instead of SGLang's traceback.
     The field checks come first: ``any-device-full-layer-unknown`` (no --device either) gets its field message."""

@@ -398,7 +398,7 @@ def test_gpu_smoke_small_run_reports_hits_within_the_bound(tmp_path):
     both workloads; no total exceeds the ideal bound; stock SGLang and SWAA without eviction reuse
     (nearly) all of the chat's reusable prefix."""
     if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU")
+        pytest.skip("no CUDA GPU: the smoke test starts sglang Engines")
     out = tmp_path / "pc.json"
     r = subprocess.run([sys.executable, str(BENCH / "bench_prefix_cache.py"), "--model",
                         str(BENCH / "models" / "qwen3-0.6b"), "--conversations", "2", "--turns", "3",

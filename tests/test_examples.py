@@ -87,7 +87,7 @@ def test_the_launchers_cpu_pointer_is_a_working_hf_reference_command():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown on a machine without a GPU; this one has a CUDA GPU")
 def test_offline_engine_without_a_gpu_says_so_in_one_line():
     proc = subprocess.run([sys.executable, str(EXAMPLES / "offline_engine.py")], cwd=REPO, env=_env(),
                           capture_output=True, text=True, timeout=300)

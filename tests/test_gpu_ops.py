@@ -208,7 +208,7 @@ def test_reference_is_sensitive_to_the_window(cuda):
 def triton_cuda():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
-    pytest.importorskip("triton")
+    pytest.importorskip("triton", reason="the fused sink kernel is written in Triton, which is not installed here")
 
 
 @pytest.mark.parametrize("keep_first", [1, 100, 256, 1000, 4096])
