@@ -34,7 +34,7 @@ import random
 import time
 from pathlib import Path
 
-from common import add_engine_args, make_parser, parse_positive_ints, parse_settings, run_meta, start_engine, write_json
+from common import add_engine_args, make_parser, measure_settings, parse_positive_ints, parse_settings, run_meta, start_engine
 
 
 def peak_overlap(intervals: list[tuple[float, float]]) -> int:
@@ -201,12 +201,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"got {a.context_len}")
     result = {"meta": run_meta(a.model), "rows": []}
 
-    def emit(row: dict) -> None:  # saved per phase: a run killed later keeps what it measured
-        result["rows"].append(row)
-        write_json(a.out, result)
-
-    for setting in settings:
-        measure(setting, a, emit)
+    measure_settings(settings, measure, a, result)  # rows saved as they come
     print(f"\n{result['meta']['gpu']}, {result['meta']['date']}, {Path(a.model).name}, dummy weights, "
           f"{a.prompt_len} in -> {a.output_len} out per request")
     print(f"{'setting':22} {'KV pool tokens':>15} {'done':>8} {'seconds':>8} {'out tok/s':>10} {'finished tok/s':>15} "

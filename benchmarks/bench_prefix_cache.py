@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from common import add_engine_args, make_parser, parse_settings, run_meta, start_engine, write_json
+from common import add_engine_args, make_parser, measure_settings, package_version, parse_settings, run_meta, start_engine
 
 WORKLOADS = ("multi-turn", "shared-prompt")
 # the TTFT groups of each workload: the requests that cannot hit the cache, and the rest
@@ -403,15 +403,6 @@ def check_args(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         parser.error(f"--mem: a fraction of GPU memory between 0 and 1; got {a.mem}")
 
 
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
-
-
 def main(argv: list[str] | None = None) -> None:
     p = build_parser()
     a = p.parse_args(argv)
@@ -422,15 +413,10 @@ def main(argv: list[str] | None = None) -> None:
                                          "first_len", "user_len", "system_len", "suffix_len", "requests",
                                          "concurrency")}
     result: dict[str, Any] = {"meta": run_meta(a.model, settings=settings, **params, context_len=context_needed(a),
-                                               sglang=_version("sglang"), flashinfer=_version("flashinfer-python")),
+                                               sglang=package_version("sglang"), flashinfer=package_version("flashinfer-python")),
                               "rows": []}
 
-    def emit(row: dict) -> None:  # saved per workload: a run killed later keeps what it measured
-        result["rows"].append(row)
-        write_json(a.out, result)
-
-    for setting in settings:
-        measure(setting, a, emit)
+    measure_settings(settings, measure, a, result)  # rows saved as they come
     print(f"\n{result['meta']['gpu']}, {result['meta']['date']}, {Path(a.model).name}, dummy weights, "
           f"page size {a.page_size}, {a.output_len} tokens out per request")
     print(f"multi-turn: {a.conversations} chats x {a.turns} turns, {a.first_len} first + {a.user_len} per later turn; "

@@ -28,7 +28,7 @@ import urllib.error
 import urllib.request
 from datetime import date
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = HERE / "models" / "qwen3-4b-2507"  # Qwen3-4B-Instruct-2507's config.json, for dummy weights
@@ -215,6 +215,29 @@ def write_json(path: str | Path | None, result: dict[str, Any]) -> None:
     """Rewrite the result file (called after each measured part, so that a killed run keeps them)."""
     if path:
         Path(path).write_text(json.dumps(result, indent=1))
+
+
+def measure_settings(settings: Sequence[str], measure: Callable[[str, Any, Callable[[dict], None]], None], a: Any,
+                     result: dict[str, Any]) -> None:
+    """``measure(setting, a, emit)`` for each setting; every row it emits is appended to
+    ``result["rows"]`` and the JSON rewritten at once (``a.out``): a run killed later keeps what it measured."""
+
+    def emit(row: dict) -> None:
+        result["rows"].append(row)
+        write_json(a.out, result)
+
+    for setting in settings:
+        measure(setting, a, emit)
+
+
+def package_version(dist: str) -> str | None:
+    """An installed distribution's version from its metadata (None if absent), without importing it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
 
 
 class PartialWriter:

@@ -52,7 +52,7 @@ _REPO = Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(_REPO))
 
-from common import add_launch_args, make_parser, PartialWriter  # noqa: E402
+from common import PartialWriter, add_launch_args, make_parser, package_version  # noqa: E402
 from niah.benchmark import machine_info, run_benchmark  # noqa: E402
 from niah.scoring import summarize  # noqa: E402
 from niah.settings import SETTING_NAMES, Setting, build_settings  # noqa: E402
@@ -119,15 +119,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--launch-args", default="", help="extra server flags, e.g. '--mem-fraction-static 0.5'")
     add_launch_args(g)
     return p
-
-
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
 
 
 @dataclass(frozen=True)
@@ -223,7 +214,7 @@ def run_all(args: argparse.Namespace, plan: Plan, runner: Any, tokenizer: Any, m
     log_dir = Path(args.out).with_suffix("") if args.out else Path(f"quality_servers_{int(started)}")
     records, servers = run_launched(args, model_path, tokenizer, corpus, plan.lengths, plan.windows, plan.names,
                                     plan.positions, plan.depths, log_dir, on_record=keep, deadline=deadline)
-    return records, {"runner": "launch", "sglang": _version("sglang"), "flashinfer": _version("flashinfer-python"),
+    return records, {"runner": "launch", "sglang": package_version("sglang"), "flashinfer": package_version("flashinfer-python"),
                      "launch_command": args.launch_command, "endpoint": args.endpoint,
                      "prompt_format": args.prompt_format, "model_path": model_path, "server_logs": str(log_dir),
                      "servers": servers}

@@ -67,7 +67,7 @@ if str(_REPO / "benchmarks") not in sys.path:  # run as a script from anywhere
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
-from common import add_launch_args, PartialWriter  # noqa: E402
+from common import PartialWriter, add_launch_args, package_version  # noqa: E402
 from niah.benchmark import Answer, machine_info  # noqa: E402
 from niah.settings import SETTING_NAMES, Setting, build_settings  # noqa: E402
 from niah.task import Corpus  # noqa: E402
@@ -350,15 +350,6 @@ def run_launched(args: argparse.Namespace, plan: Plan, model_path: str, samples:
     return for_each_server(args, model_path, plan.windows, plan.names, log_dir, run_on_server, deadline)
 
 
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
-
-
 def result_json(args: argparse.Namespace, argv: list[str] | None, plan: Plan, runner: Any, runner_info: dict,
                 corpus: Corpus, settings_for: Callable[[int], list[Setting]], records: list[dict[str, Any]],
                 elapsed: float) -> dict[str, Any]:
@@ -427,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         log_dir = Path(args.out).with_suffix("") if args.out else Path(f"ruler_servers_{int(started)}")
         records, servers = run_launched(args, plan, model_path, samples, log_dir, keep, deadline)
-        runner_info = {"runner": "launch", "sglang": _version("sglang"), "flashinfer": _version("flashinfer-python"),
+        runner_info = {"runner": "launch", "sglang": package_version("sglang"), "flashinfer": package_version("flashinfer-python"),
                        "launch_command": args.launch_command, "endpoint": args.endpoint,
                        "prompt_format": args.prompt_format, "model_path": model_path, "server_logs": str(log_dir),
                        "servers": servers}

@@ -13,8 +13,6 @@ import json
 import random
 import re
 import sys
-import threading
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -25,7 +23,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import quality_niah
 import render_quality as rq
-from fake_http import JSONHandler
+from fake_http import JSONHandler, LoopbackServer
 from niah import benchmark, hf_runner, scoring, server_runner, task
 from niah import settings as niah_settings
 
@@ -165,7 +163,7 @@ def test_settings_and_prefill_groups():
 
 
 # -- server runner against a fake OpenAI server ------------------------------------------------------
-class FakeOpenAI:
+class FakeOpenAI(LoopbackServer):
     """Answers with the needle's number for even sample indices and a wrong number for odd ones."""
 
     def __init__(self, tokenizer):
@@ -195,17 +193,7 @@ class FakeOpenAI:
                     choice = {"index": 0, "message": {"role": "assistant", "content": answer}}
                 self._json({"choices": [choice], "usage": {"completion_tokens": 9}})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
 @pytest.mark.parametrize("endpoint,prompt_format", [("completions", "ids"), ("completions", "text"), ("chat", "ids")])

@@ -13,9 +13,7 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from collections import Counter
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -25,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import quality_ruler  # noqa: E402
-from fake_http import JSONHandler  # noqa: E402
+from fake_http import JSONHandler, LoopbackServer  # noqa: E402
 from niah.task import Corpus  # noqa: E402
 from ruler import scoring, task  # noqa: E402
 
@@ -311,7 +309,7 @@ def solve(prompt: str) -> str:
     return " " + ", ".join(re.findall(rf"magic numbers for {re.escape(key)} is: (\d+)\.", prompt)) + "."
 
 
-class OracleServer:
+class OracleServer(LoopbackServer):
     """An OpenAI-compatible fake on 127.0.0.1 that answers with :func:`solve`."""
 
     def __init__(self, tokenizer):
@@ -330,17 +328,7 @@ class OracleServer:
                 self._json({"choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
                             "usage": {"completion_tokens": 7}})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
 @pytest.mark.parametrize("concurrency", [1, 4])
