@@ -55,7 +55,7 @@ if str(_REPO) not in sys.path:  # run as a script from anywhere
 from common import PartialWriter, add_launch_args, make_parser, package_version  # noqa: E402
 from niah.benchmark import machine_info, run_benchmark  # noqa: E402
 from niah.scoring import summarize  # noqa: E402
-from niah.settings import SETTING_NAMES, Setting, build_settings  # noqa: E402
+from niah.settings import ALLOWED_SETTINGS, DEFAULT_SETTINGS, Setting, build_settings  # noqa: E402
 from niah.task import (  # noqa: E402
     DEFAULT_CONTEXT_LENGTH, DEFAULT_MAX_NEW_TOKENS, DEFAULT_OUTSIDE_DEPTHS, DEFAULT_SINKS, DEFAULT_WINDOWS, NEEDLE,
     POSITIONS, QUESTION, Corpus, make_sample,
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context-lengths", default=str(DEFAULT_CONTEXT_LENGTH), help="comma-separated prompt lengths")
     p.add_argument("--windows", default=",".join(map(str, DEFAULT_WINDOWS)), help="comma-separated window sizes W")
     p.add_argument("--sinks", type=int, default=DEFAULT_SINKS, help="keep_first of the +sink settings")
-    p.add_argument("--settings", default=",".join(SETTING_NAMES), help=f"comma-separated, from {SETTING_NAMES}")
+    p.add_argument("--settings", default=",".join(DEFAULT_SETTINGS), help=f"comma-separated: {ALLOWED_SETTINGS}")
     p.add_argument("--positions", default=",".join(POSITIONS), help="needle positions: inside, outside")
     p.add_argument("--samples", type=int, default=10, help="samples per (context, window, position)")
     p.add_argument(

@@ -14,10 +14,12 @@ Scoring (``ruler/scoring.py``): the fraction of expected strings in the greedy a
 not inside a longer word or number; 1 or 0 for the one-answer tasks. The interval is on the fully
 correct count (a fractional mean is no count of independent trials); the mean stands beside it.
 
-Settings: ``--settings`` names from ``niah/settings.py`` (full, sw, sw+fa, sw+sink, sw+sink+fa,
-sw+sink+odd, sw+sink+fa+odd) at each of ``--windows`` with ``--sinks`` sink tokens. Each record
-also says where the answer needles sat for its window (``placement``: inside, outside, mixed,
-spread for cwe); ``--by-placement`` splits the table by it.
+Settings (``--settings``, ``niah/settings.py``): names built at each of ``--windows`` with
+``--sinks`` sink tokens (full, sw, sw+fa, sw+sink, sw+sink+fa, sw+sink+odd, sw+sink+fa+odd,
+sw+sink+fa+even), preset names (window-2k, balanced, half-full-4k, ...), and ``NAME=FILE`` for a
+``--swaa-config`` file such as the calibrator's recipe. Each record also says where the answer
+needles sat for the setting's window (``placement``: inside, outside, mixed, spread for cwe);
+``--by-placement`` splits the table by it.
 
 Runners:
 
@@ -41,6 +43,8 @@ Examples::
         --server-swaa '{"preset": "balanced"}' --samples 50 --concurrency 16 --out r_balanced.json
     python benchmarks/quality_ruler.py --runner launch --settings full,sw,sw+sink,sw+sink+fa+odd --samples 50 \\
         --concurrency 16 --launch-args "--mem-fraction-static 0.6" --out ruler_qwen.json
+    python benchmarks/quality_ruler.py --runner launch --settings full,balanced,sw+sink+fa+even,calibrated=recipe.yaml \\
+        --lengths 32768 --samples 50 --concurrency 32 --out ruler_32k.json
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ if str(_REPO) not in sys.path:
 
 from common import PartialWriter, add_launch_args, package_version  # noqa: E402
 from niah.benchmark import Answer, machine_info  # noqa: E402
-from niah.settings import SETTING_NAMES, Setting, build_settings  # noqa: E402
+from niah.settings import ALLOWED_SETTINGS, DEFAULT_SETTINGS, Setting, build_settings  # noqa: E402
 from niah.task import Corpus  # noqa: E402
 from ruler.scoring import format_table, matches, summarize  # noqa: E402
 from ruler.task import (  # noqa: E402
@@ -103,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--windows", default=",".join(map(str, DEFAULT_WINDOWS)), help="comma-separated window sizes W")
     p.add_argument("--sinks", type=int, default=DEFAULT_SINKS, help="keep_first of the +sink settings")
-    p.add_argument("--settings", default=",".join(SETTING_NAMES), help=f"comma-separated, from {', '.join(SETTING_NAMES)}")
+    p.add_argument("--settings", default=",".join(DEFAULT_SETTINGS), help=f"comma-separated: {ALLOWED_SETTINGS}")
     p.add_argument("--by-placement", action="store_true",
                    help="split the table by where the answer needles sit for the window: inside, outside, mixed")
     p.add_argument("--max-minutes", type=float,
@@ -190,8 +194,8 @@ def parse_plan(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Pla
     plan = Plan(runner, tasks, lengths, windows, _items(args.settings))
     try:
         plan.settings_for(windows[0], args.sinks)
-    except ValueError as e:  # "settings: unknown setting ..."
-        parser.error(f"--{e}")
+    except ValueError as e:  # "settings: unknown setting ...", or a NAME=FILE that cannot be read
+        parser.error(f"--settings: {str(e).removeprefix('settings: ')}")
     if runner == "server":
         if not args.url:
             parser.error("--url: required with --runner server (a running server, e.g. http://127.0.0.1:30000)")
@@ -261,7 +265,7 @@ def make_record(sample: RulerSample, window: int, setting: Setting, answer: Answ
         "window": window,
         "setting": setting.name,
         **sample.describe(),
-        "placement": sample.placement(window),
+        "placement": sample.placement(setting.placement_window(window)),
         "answer": answer.text,
         "answer_tokens": answer.tokens,
         "found": found,

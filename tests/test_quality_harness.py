@@ -149,7 +149,7 @@ def test_score(answer, ok):
 
 def test_settings_and_prefill_groups():
     settings = {s.name: s for s in niah_settings.build_settings(512, 64)}
-    assert list(settings) == list(niah_settings.SETTING_NAMES)
+    assert list(settings) == list(niah_settings.DEFAULT_SETTINGS)
     assert settings["full"].config == SWAAConfig()
     assert settings["sw+sink+fa+odd"].config == SWAAConfig(
         sliding_window_size=512, keep_first=64, force_fa_decode=True, non_sliding_layers="odd"
@@ -160,6 +160,31 @@ def test_settings_and_prefill_groups():
     assert len(set(key.values())) == 4
     with pytest.raises(ValueError, match="unknown setting"):
         niah_settings.build_settings(512, names=["nope"])
+
+
+def test_presets_even_layers_and_recipe_files_are_settings(tmp_path):
+    from swaa_sglang.config import preset_config
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("swaa:\n  sliding_window_size: 2048\n  keep_first: 100\n  non_sliding_layers: [0, 5, 7]\n"
+                      "evidence: {chosen_by: test}\n")
+    got = niah_settings.build_settings(2048, 100, ["half-full-4k", "sw+sink+fa+even", "mine=" + str(recipe)])
+    assert [s.name for s in got] == ["half-full-4k", "sw+sink+fa+even", "mine"]
+    assert got[0].config == preset_config("half-full-4k")
+    assert got[1].config == SWAAConfig(sliding_window_size=2048, keep_first=100, force_fa_decode=True,
+                                       non_sliding_layers="even")
+    assert got[2].config == SWAAConfig(sliding_window_size=2048, keep_first=100, non_sliding_layers=[0, 5, 7])
+    # a preset keeps its own window at any sweep window, and needle placement is judged against it
+    assert niah_settings.build_settings(512, 100, ["half-full-4k"])[0].config == got[0].config
+    assert got[0].placement_window(2048) == 4096 and got[2].placement_window(512) == 2048
+    assert niah_settings.build_settings(512, 100, ["full"])[0].placement_window(512) == 512
+    # the same config under two names would be answered twice: the names stay distinct, the error is clear
+    with pytest.raises(ValueError, match=r"settings: 'balanced=.*' needs a new NAME"):
+        niah_settings.build_settings(2048, 100, ["balanced=" + str(recipe)])
+    with pytest.raises(ValueError, match=r"swaa_config: cannot read '.*missing.yaml'"):
+        niah_settings.build_settings(2048, 100, ["x=" + str(tmp_path / "missing.yaml")])
+    with pytest.raises(ValueError, match=r"unknown setting 'window-3k'; allowed: .*a preset \(full, window-2k"):
+        niah_settings.build_settings(2048, 100, ["window-3k"])
 
 
 # -- server runner against a fake OpenAI server ------------------------------------------------------
