@@ -9,6 +9,8 @@ A *setting* names one way of serving the model:
 * a SWAA preset (``swaa_sglang.config.PRESETS``; ``full`` is the swaa backend with SWAA off);
 * ``PRESET+noevict``: the preset with window eviction off (it is on by default for presets with
   windowed layers); ``PRESET+evict`` asks for it explicitly (refused where no layer is windowed).
+* ``SETTING+chunkN`` (any of the above): SGLang's chunked-prefill size N tokens instead of the
+  benchmarks' 8192 (a windowed layer's prefill chunk costs O(N x W), so larger chunks pay off there).
 
 Stdlib only at import time (soak.py runs without torch); SGLang and the SWAA config are imported
 where they are used.
@@ -37,29 +39,53 @@ DEFAULT_MODEL = HERE / "models" / "qwen3-4b-2507"  # Qwen3-4B-Instruct-2507's co
 VANILLA: dict[str, dict[str, Any]] = {"vanilla": {}, "vanilla-no-prefill-graph": {"disable_prefill_cuda_graph": True}}
 # setting suffixes: window eviction explicitly on / off (a bare preset takes the default: on where layers are windowed)
 EVICT_SUFFIXES = {"+evict": True, "+noevict": False}
+CHUNK_SUFFIX = "+chunk"  # +chunkN: chunked-prefill size N
+DEFAULT_CHUNKED_PREFILL = 8192  # the benchmarks' chunked-prefill size unless a setting says +chunkN
 SETTINGS_HELP = ("comma list: 'vanilla' (stock SGLang, flashinfer backend), 'vanilla-no-prefill-graph' (the same "
                  "with the prefill CUDA graph off, as the plugin runs SWAA), a SWAA preset ('full': the swaa backend "
                  "with SWAA off, which isolates the plugin's own cost; window eviction on by default where layers "
-                 "are windowed), PRESET+noevict (window eviction off) or PRESET+evict (explicitly on)")
+                 "are windowed), PRESET+noevict (window eviction off) or PRESET+evict (explicitly on); any of "
+                 f"these +chunkN: chunked-prefill size N (default {DEFAULT_CHUNKED_PREFILL})")
 
 
 # -- settings ---------------------------------------------------------------------------------------
+def split_setting(setting: str) -> tuple[str, bool | None, int | None]:
+    """(base name, eviction on/off or None for the default, chunked-prefill size or None); ValueError
+    naming the allowed suffixes."""
+    name, *suffixes = setting.split("+")
+    evict: bool | None = None
+    chunk: int | None = None
+    allowed = ", ".join(f"'{s}'" for s in (*EVICT_SUFFIXES, CHUNK_SUFFIX + "N"))
+    for suffix in ("+" + x for x in suffixes):
+        if suffix in EVICT_SUFFIXES and evict is None and name not in VANILLA:
+            evict = EVICT_SUFFIXES[suffix]
+        elif suffix.startswith(CHUNK_SUFFIX) and suffix[len(CHUNK_SUFFIX):].isdigit() and chunk is None:
+            chunk = int(suffix[len(CHUNK_SUFFIX):])
+            if chunk < 1:
+                raise ValueError(f"settings: chunked-prefill size in {setting!r} must be positive")
+        else:
+            raise ValueError(f"settings: unknown, repeated or misplaced suffix '{suffix}' in {setting!r}; allowed: "
+                             f"{allowed} (eviction suffixes on SWAA presets only, each suffix once)")
+    return name, evict, chunk
+
+
 def setting_config(setting: str):
-    """The SWAAConfig of a SWAA setting ('PRESET', 'PRESET+noevict' or 'PRESET+evict'); ValueError naming
-    the allowed values."""
+    """The SWAAConfig of a SWAA setting ('PRESET' with optional suffixes); ValueError naming the allowed values."""
     from swaa_sglang.config import PRESETS, SWAAConfig, preset_config
 
-    name, plus, extra = setting.partition("+")
-    allowed = ", ".join(f"'{s}'" for s in EVICT_SUFFIXES)
-    if plus and plus + extra not in EVICT_SUFFIXES:
-        raise ValueError(f"settings: unknown suffix '+{extra}' in {setting!r}; allowed: {allowed}")
+    name, evict, _ = split_setting(setting)
     if name not in PRESETS:
         raise ValueError(f"settings: unknown setting {setting!r}; allowed: {', '.join(VANILLA)}, or a preset "
-                         f"({', '.join(PRESETS)}), optionally with {allowed}")
+                         f"({', '.join(PRESETS)}), optionally with '+evict', '+noevict', '+chunkN'")
     config = preset_config(name)
-    if plus:
-        config = SWAAConfig.from_dict({**config.to_dict(), "evict_window": EVICT_SUFFIXES[plus + extra]})
+    if evict is not None:
+        config = SWAAConfig.from_dict({**config.to_dict(), "evict_window": evict})
     return config
+
+
+def chunked_prefill_size(setting: str) -> int:
+    """The setting's chunked-prefill size: its +chunkN, else the benchmarks' default."""
+    return split_setting(setting)[2] or DEFAULT_CHUNKED_PREFILL
 
 
 def setting_override_json(setting: str) -> str:
@@ -68,22 +94,25 @@ def setting_override_json(setting: str) -> str:
 
 
 def engine_kwargs(setting: str) -> dict[str, Any]:
-    """The sglang.Engine keyword arguments that select a setting's backend."""
-    if setting in VANILLA:
-        return {"attention_backend": "flashinfer", **VANILLA[setting]}
-    return {"attention_backend": "swaa", "json_model_override_args": setting_override_json(setting)}
+    """The sglang.Engine keyword arguments that select a setting's backend (and its +chunkN, if any)."""
+    name, _, chunk = split_setting(setting)
+    extra = {} if chunk is None else {"chunked_prefill_size": chunk}
+    if name in VANILLA:
+        return {"attention_backend": "flashinfer", **VANILLA[name], **extra}
+    return {"attention_backend": "swaa", "json_model_override_args": setting_override_json(setting), **extra}
 
 
 def server_flags(setting: str) -> list[str]:
     """A setting as command-line flags of SGLang's tools started through the plugin (launch_server, the
     ``swaa_sglang.serving.bench`` wrappers): the same choice as :func:`engine_kwargs`."""
-    if setting in VANILLA:
+    name, evict, chunk = split_setting(setting)
+    extra = [] if chunk is None else ["--chunked-prefill-size", str(chunk)]
+    if name in VANILLA:
         return ["--attention-backend", "flashinfer",
-                *(f"--{name.replace('_', '-')}" for name, on in VANILLA[setting].items() if on)]
+                *(f"--{flag.replace('_', '-')}" for flag, on in VANILLA[name].items() if on), *extra]
     setting_config(setting)  # refuse an unknown name here, not in the tool's process
-    name, plus, extra = setting.partition("+")
-    evict = EVICT_SUFFIXES.get(plus + extra)
-    return ["--swaa-preset", name, *([] if evict is None else ["--swaa-evict-window", "on" if evict else "off"])]
+    return ["--swaa-preset", name, *([] if evict is None else ["--swaa-evict-window", "on" if evict else "off"]),
+            *extra]
 
 
 def parse_settings(parser: argparse.ArgumentParser, text: str, repeat_hint: str = "") -> list[str]:
@@ -95,11 +124,11 @@ def parse_settings(parser: argparse.ArgumentParser, text: str, repeat_hint: str 
     if repeated:
         parser.error(f"--settings: {', '.join(repeated)} given more than once{repeat_hint}")
     for s in settings:
-        if s not in VANILLA:
-            try:
+        try:
+            if split_setting(s)[0] not in VANILLA:
                 setting_config(s)
-            except ValueError as e:
-                parser.error(f"--{e}")
+        except ValueError as e:
+            parser.error(f"--{e}")
     return settings
 
 
@@ -143,9 +172,9 @@ def start_engine(setting: str, model: str, context_len: int, mem: float, **extra
     """A dummy-weight sglang.Engine for one setting, fed token ids (no tokenizer)."""
     import sglang
 
+    kwargs = {"chunked_prefill_size": DEFAULT_CHUNKED_PREFILL, **engine_kwargs(setting), **extra}
     return sglang.Engine(model_path=model, load_format="dummy", skip_tokenizer_init=True, mem_fraction_static=mem,
-                         context_length=context_len, chunked_prefill_size=8192, log_level="error",
-                         **engine_kwargs(setting), **extra)
+                         context_length=context_len, log_level="error", **kwargs)
 
 
 LAUNCH_COMMAND = (sys.executable, "-m", "swaa_sglang.launch_server")

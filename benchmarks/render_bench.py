@@ -133,9 +133,13 @@ def e2e_speedups(e2e: dict) -> list[dict]:
 
 def _setting_description(setting: str) -> str:
     """What a bench_e2e setting name runs, for the reader of the table."""
+    from common import split_setting
     from swaa_sglang.config import PRESETS
 
-    preset, _, evict = setting.partition("+")
+    try:
+        preset, evict, chunk = split_setting(setting)
+    except ValueError:
+        return "(not a known setting)"
     if preset == "vanilla":
         what = "SGLang's flashinfer backend, no plugin"
     elif preset == "vanilla-no-prefill-graph":
@@ -144,7 +148,9 @@ def _setting_description(setting: str) -> str:
         what = PRESETS[preset][0]
     else:
         return "(not a known setting)"
-    return what + (", window eviction on" if evict else "")
+    if evict is not None:
+        what += ", window eviction " + ("on" if evict else "off")
+    return what + (f", chunked prefill {chunk}" if chunk else "")
 
 
 def _num_layers(model: str) -> Optional[int]:

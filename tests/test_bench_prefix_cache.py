@@ -362,7 +362,7 @@ def test_each_workload_starts_cold_after_the_warm_up_and_the_engine_is_shut_down
     (["--workloads", "multi-turn,chat"], "--workloads: unknown workload 'chat'; allowed: multi-turn, shared-prompt"),
     (["--workloads", "shared-prompt,shared-prompt"], "--workloads: shared-prompt given more than once"),
     (["--workloads", ","], "--workloads: empty"),
-    (["--settings", "vanilla,sink100-2k+fast"], "--settings: unknown suffix '+fast'"),
+    (["--settings", "vanilla,sink100-2k+fast"], "--settings: unknown, repeated or misplaced suffix '+fast'"),
     (["--settings", "vanilla,vanilla"], "--settings: vanilla given more than once"),
     (["--turns", "two"], "argument --turns: invalid int value: 'two'"),
 ])

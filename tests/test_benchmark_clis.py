@@ -38,7 +38,8 @@ def test_settings_are_split_once_and_checked_before_anything_starts(main, capsys
     assert e.value.code == 2 and "--settings: vanilla given more than once" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--settings", "vanilla,sink100-2k+fast"])
-    assert "--settings: unknown suffix '+fast' in 'sink100-2k+fast'; allowed: '+evict', '+noevict'" in capsys.readouterr().err
+    assert ("--settings: unknown, repeated or misplaced suffix '+fast' in 'sink100-2k+fast'; allowed: '+evict', "
+            "'+noevict', '+chunkN'") in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--settings", "sink100"])
     err = capsys.readouterr().err
@@ -46,7 +47,12 @@ def test_settings_are_split_once_and_checked_before_anything_starts(main, capsys
     assert "sink100-2k" in err  # the presets are listed
     with pytest.raises(SystemExit):
         main(["--settings", "vanilla+evict"])  # eviction is a SWAA switch
-    assert "unknown setting 'vanilla+evict'" in capsys.readouterr().err
+    assert "misplaced suffix '+evict' in 'vanilla+evict'" in capsys.readouterr().err
+    for bad in ("sink100-2k+chunk", "sink100-2k+chunk0", "sink100-2k+chunk8k", "sink100-2k+chunk1+chunk2",
+                "sink100-2k+evict+noevict"):
+        with pytest.raises(SystemExit):
+            main(["--settings", bad])
+        assert f"in '{bad}'" in capsys.readouterr().err, bad
 
 
 def test_a_setting_selects_the_same_backend_as_engine_kwargs_and_as_flags():
@@ -75,6 +81,33 @@ def test_a_setting_selects_the_same_backend_as_engine_kwargs_and_as_flags():
                                                                "--disable-prefill-cuda-graph"]
     with pytest.raises(ValueError, match="unknown setting 'nope'"):
         common.server_flags("nope")
+
+
+def test_chunk_suffix_sets_the_chunked_prefill_size_everywhere():
+    """+chunkN reaches sglang.Engine and the server flags alike, on vanilla and SWAA settings, with eviction
+    suffixes in either order; without it the benchmarks' 8192 stands."""
+    import argparse
+
+    from sglang.srt.server_args import ServerArgs
+
+    assert common.chunked_prefill_size("sink100-2k") == common.DEFAULT_CHUNKED_PREFILL == 8192
+    for setting, base, evict in [("sink100-2k+chunk32768", "sink100-2k", None),
+                                 ("sink100-2k+noevict+chunk32768", "sink100-2k", False),
+                                 ("sink100-2k+chunk32768+evict", "sink100-2k", True),
+                                 ("vanilla+chunk32768", "vanilla", None)]:
+        assert common.split_setting(setting) == (base, evict, 32768)
+        assert common.chunked_prefill_size(setting) == 32768
+        assert common.engine_kwargs(setting)["chunked_prefill_size"] == 32768
+        flags = common.server_flags(setting)
+        parser = argparse.ArgumentParser()
+        ServerArgs.add_cli_args(parser)
+        from swaa_sglang.cli import add_swaa_args
+        add_swaa_args(parser)
+        parsed = parser.parse_args(["--model-path", "m", *flags])
+        assert parsed.chunked_prefill_size == 32768, setting
+        if base != "vanilla":
+            assert common.setting_config(setting) == common.setting_config(setting.replace("+chunk32768", ""))
+    assert "chunked_prefill_size" not in common.engine_kwargs("sink100-2k")
 
 
 def test_render_bench_computes_ratios_from_the_json(tmp_path):
@@ -139,7 +172,7 @@ def test_concurrency_peak_and_settings():
     assert json.loads(_config_json("sink100-2k+evict"))["swaa"]["evict_window"] is True
     assert json.loads(_config_json("sink100-2k+noevict"))["swaa"]["evict_window"] is False
     assert "evict_window" not in json.loads(_config_json("sink100-2k"))["swaa"]
-    with pytest.raises(ValueError, match=r"settings: unknown suffix '\+fast'"):
+    with pytest.raises(ValueError, match=r"settings: unknown, repeated or misplaced suffix '\+fast'"):
         _config_json("sink100-2k+fast")
 
 

@@ -1,0 +1,254 @@
+"""Render quality_ruler.py results: score tables per task and length, the full-layer comparison,
+agreement with the HF reference, and a chart of score against speed.
+
+    python benchmarks/render_ruler.py a.json b.json --md ruler.md --png ruler.png \\
+        --speed benchmarks/results/e2e_qwen3-4b-recipes_h200_2026-12-02.json \\
+        --speed benchmarks/results/e2e_qwen3-4b_h200_2026-12-02.json --speed-as sw+sink+fa+even=balanced \\
+        --compare balanced,sw+sink+fa+even,calibrated --hf hf_spot.json
+
+Several results files (for example two server lanes that ran different settings on the same
+samples) are merged: their records must share the task definition (seed, split, essays). Tables
+list full attention first: a cell where full attention fails says nothing about a window.
+
+* Per task: mean score per setting x length, with the fully correct count (k/n).
+* ``--compare A,B,...``: at ``--compare-length`` (default the longest), each setting's mean over
+  the tasks and its fully correct count with a Wilson 95% interval.
+* ``--hf FILE``: per setting present in both, how many samples (same task, length, index: the
+  same prompt) the HF reference and the server scored alike and answered with the same text.
+* ``--speed FILE`` (bench_e2e.py JSONs): each setting's 128K TTFT speed-up over vanilla, for the
+  chart (x: speed-up, y: mean score at ``--compare-length``). ``--speed-as NAME=PRESET`` plots a
+  setting at a measured preset's speed (for example the even-layers twin of ``balanced``: the
+  same number of full layers, so the same attention work), marked as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script from anywhere
+from niah.scoring import wilson  # noqa: E402
+
+# quality_ruler's settings named as bench_e2e names them (the window-relative names at W = 2048)
+E2E_NAME = {"full": "vanilla", "sw": "window-2k", "sw+sink": "sink100-2k", "sw+sink+fa": "fa-decode-2k",
+            "sw+sink+fa+odd": "balanced"}
+SPEED_LENGTH = 131072
+
+
+def load(paths: Sequence[str]) -> dict[str, Any]:
+    """The merged results: records, the settings' descriptions and configs in first-seen order, provenance."""
+    merged: dict[str, Any] = {"records": [], "settings": {}, "sources": []}
+    task_key = None
+    for path in paths:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        key = {k: data["task"].get(k) for k in ("seed", "split", "essays_sha256")}
+        if task_key is not None and key != task_key:
+            raise SystemExit(f"{path}: task definition {key} differs from the first file's {task_key}; "
+                             "only runs of the same samples merge")
+        task_key = key
+        for settings in data.get("settings", {}).values():
+            for s in settings:
+                merged["settings"].setdefault(s["name"], s)
+        merged["records"] += data["records"]
+        merged["sources"].append({"file": Path(path).name, "date": data.get("date"), "command": data.get("command"),
+                                  "machine": data.get("machine", {}).get("gpu") or data.get("machine"),
+                                  "elapsed_seconds": data.get("elapsed_seconds")})
+    merged["task"] = task_key
+    return merged
+
+
+def order_settings(names: Sequence[str], declared: Sequence[str]) -> list[str]:
+    """Full attention first, then as declared."""
+    present = list(dict.fromkeys(n for n in declared if n in names)) + [n for n in names if n not in declared]
+    return sorted(present, key=lambda n: n != "full")
+
+
+def cell_scores(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str, int], list[float]]:
+    """{(setting, task, length): [score per sample]} (one window per run is assumed for the tables)."""
+    out: dict[tuple[str, str, int], list[float]] = {}
+    for r in records:
+        out.setdefault((r["setting"], r["task"], r["length"]), []).append(r["score"])
+    return out
+
+
+def _k(n: int) -> str:
+    return f"{n // 1024}K" if n % 1024 == 0 else str(n)
+
+
+def task_tables(merged: dict[str, Any]) -> str:
+    """One markdown table per task (and one for the mean over tasks): settings x lengths."""
+    scores = cell_scores(merged["records"])
+    settings = order_settings({s for s, _, _ in scores}, list(merged["settings"]))
+    tasks = list(dict.fromkeys(t for _, t, _ in scores))
+    lengths = sorted({n for _, _, n in scores})
+    out = []
+    for task in [*tasks, "mean over tasks"]:
+        lines = [f"**{task}**", "", "| setting | " + " | ".join(_k(n) for n in lengths) + " |",
+                 "|---|" + "---|" * len(lengths)]
+        for s in settings:
+            cells = []
+            for n in lengths:
+                got = ([x for t in tasks for x in scores.get((s, t, n), [])] if task == "mean over tasks"
+                       else scores.get((s, task, n), []))
+                if not got:
+                    cells.append("-")
+                    continue
+                full = sum(1 for x in got if x == 1.0)
+                cells.append(f"{sum(got) / len(got):.2f} ({full}/{len(got)})")
+            lines.append(f"| `{s}` | " + " | ".join(cells) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
+def compare_rows(merged: dict[str, Any], names: Sequence[str], length: int) -> list[dict[str, Any]]:
+    """Per setting at one length, over every task: mean score, fully correct k/n and its Wilson interval."""
+    rows = []
+    for name in names:
+        got = [r["score"] for r in merged["records"] if r["setting"] == name and r["length"] == length]
+        if not got:
+            raise SystemExit(f"--compare: no records for setting {name!r} at length {length}; "
+                             f"settings present: {', '.join(sorted({r['setting'] for r in merged['records']}))}")
+        full = sum(1 for x in got if x == 1.0)
+        lo, hi = wilson(full, len(got))
+        layers = merged["settings"].get(name, {}).get("resolved") or merged["settings"].get(name, {}).get("config", {})
+        rows.append({"setting": name, "n": len(got), "mean_score": sum(got) / len(got), "all_correct": full,
+                     "wilson95": (lo, hi), "full_layers": layers.get("non_sliding_layers"),
+                     "fa_decode": layers.get("force_fa_decode")})
+    return rows
+
+
+def compare_table(rows: Sequence[dict[str, Any]], length: int) -> str:
+    lines = [f"At {_k(length)}, all tasks together:", "",
+             "| setting | full layers | FA decode | mean score | fully correct | Wilson 95% |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lo, hi = r["wilson95"]
+        lines.append(f"| `{r['setting']}` | {r['full_layers']} | {r['fa_decode']} | {r['mean_score']:.3f} | "
+                     f"{r['all_correct']}/{r['n']} | {lo:.3f}-{hi:.3f} |")
+    return "\n".join(lines)
+
+
+def hf_agreement(merged: dict[str, Any], hf: dict[str, Any]) -> str:
+    """Per setting in both runs: samples scored alike and answered with the same text (same prompt)."""
+    def key(r):
+        return (r["setting"], r["task"], r["length"], r["index"])
+
+    ours = {key(r): r for r in merged["records"]}
+    pairs: dict[str, list[tuple[dict, dict]]] = {}
+    for r in hf["records"]:
+        if key(r) in ours:
+            if r.get("prompt_sha256") != ours[key(r)].get("prompt_sha256"):
+                raise SystemExit(f"--hf: sample {key(r)} has another prompt there; only runs of the same samples compare")
+            pairs.setdefault(r["setting"], []).append((ours[key(r)], r))
+    if not pairs:
+        raise SystemExit("--hf: no sample of that run is in these results (same setting, task, length, index)")
+    lines = ["| setting | samples | same score | same text | server mean | HF mean |", "|---|---|---|---|---|---|"]
+    for name in order_settings(list(pairs), list(merged["settings"])):
+        ps = pairs[name]
+        same_score = sum(a["score"] == b["score"] for a, b in ps)
+        same_text = sum(a["answer"].strip() == b["answer"].strip() for a, b in ps)
+        lines.append(f"| `{name}` | {len(ps)} | {same_score} | {same_text} | "
+                     f"{sum(a['score'] for a, _ in ps) / len(ps):.2f} | {sum(b['score'] for _, b in ps) / len(ps):.2f} |")
+    return "\n".join(lines)
+
+
+def speedups(paths: Sequence[str]) -> dict[str, float]:
+    """{e2e setting: TTFT speed-up over vanilla at 128K}, from bench_e2e.py JSONs (first file wins)."""
+    out: dict[str, float] = {}
+    for path in paths:
+        rows = json.loads(Path(path).read_text(encoding="utf-8"))["rows"]
+        ttft = {r["setting"]: s["ttft_s"] for r in rows for s in r.get("single", []) if s["prompt_tokens"] == SPEED_LENGTH}
+        if "vanilla" not in ttft:
+            raise SystemExit(f"--speed: {path} has no vanilla row at {SPEED_LENGTH} tokens")
+        for name, t in ttft.items():
+            out.setdefault(name.removesuffix("+noevict").removesuffix("+evict"), ttft["vanilla"] / t)
+    return out
+
+
+def plot(rows: Sequence[dict[str, Any]], speed: dict[str, float], speed_as: dict[str, str], length: int,
+         png: str, title: str) -> list[str]:
+    """Mean score at ``length`` against 128K TTFT speed-up; returns the settings left out (no speed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    missing = []
+    for r in rows:
+        name = r["setting"]
+        e2e = speed_as.get(name, E2E_NAME.get(name, name))
+        if e2e not in speed:
+            missing.append(name)
+            continue
+        lo, hi = r["wilson95"]
+        frac = r["all_correct"] / r["n"]
+        x = speed[e2e]
+        ax.errorbar([x], [frac], yerr=[[frac - lo], [hi - frac]], fmt="o", capsize=3,
+                    mfc="white" if name in speed_as else None)
+        label = name + (f" (speed of {e2e})" if name in speed_as else "")
+        ax.annotate(label, (x, frac), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlabel("TTFT speed-up over vanilla SGLang at 128K (Qwen3-4B shape, H200)")
+    ax.set_ylabel(f"fully correct at {_k(length)} (all tasks, Wilson 95%)")
+    ax.set_ylim(-0.03, 1.05)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    return missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python benchmarks/render_ruler.py", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+", help="quality_ruler.py JSONs of the same samples")
+    p.add_argument("--md", help="markdown out (default: print)")
+    p.add_argument("--png", help="chart out (needs --speed)")
+    p.add_argument("--compare", help="comma-separated settings for the comparison table and the chart "
+                   "(default: every setting)")
+    p.add_argument("--compare-length", type=int, help="length of the comparison and the chart (default: the longest)")
+    p.add_argument("--hf", help="a quality_ruler.py --runner hf JSON on some of the same samples")
+    p.add_argument("--speed", action="append", default=[], help="bench_e2e.py JSON with 128K TTFT rows (repeatable)")
+    p.add_argument("--speed-as", action="append", default=[], metavar="NAME=PRESET",
+                   help="plot NAME at PRESET's measured speed (repeatable)")
+    p.add_argument("--title", default="RULER-style tasks: quality against speed")
+    args = p.parse_args(argv)
+    merged = load(args.results)
+    lengths = sorted({r["length"] for r in merged["records"]})
+    length = args.compare_length or lengths[-1]
+    if length not in lengths:
+        p.error(f"--compare-length: {length} not in the results; allowed: {', '.join(map(str, lengths))}")
+    present = order_settings({r["setting"] for r in merged["records"]}, list(merged["settings"]))
+    names = [x.strip() for x in args.compare.split(",")] if args.compare else present
+    speed_as = {}
+    for item in args.speed_as:
+        name, sep, preset = item.partition("=")
+        if not sep or not name or not preset:
+            p.error(f"--speed-as: expected NAME=PRESET; got {item!r}")
+        speed_as[name] = preset
+    parts = ["Sources: " + "; ".join(f"`{s['file']}` ({s['date']}, {s['machine']})" for s in merged["sources"]),
+             task_tables(merged), compare_table(compare_rows(merged, names, length), length)]
+    if args.hf:
+        parts.append("Agreement with the HF reference (same prompts):\n\n"
+                     + hf_agreement(merged, json.loads(Path(args.hf).read_text(encoding="utf-8"))))
+    if args.png:
+        if not args.speed:
+            p.error("--png: needs --speed (bench_e2e.py JSONs with 128K TTFT)")
+        rows = compare_rows(merged, present, length)
+        missing = plot(rows, speedups(args.speed), speed_as, length, args.png, args.title)
+        if missing:
+            parts.append(f"Not in the chart (no 128K speed measured): {', '.join(missing)}")
+    text = "\n\n".join(parts) + "\n"
+    if args.md:
+        Path(args.md).write_text(text, encoding="utf-8")
+        print(f"wrote {args.md}")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
