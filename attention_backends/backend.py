@@ -23,10 +23,10 @@ import os
 from typing import TYPE_CHECKING, Optional
 
 import torch
-from sglang.srt.layers.attention.flashinfer_backend import FlashInferAttnBackend
+from sglang.srt.layers.attention.flashinfer_backend import FlashInferAttnBackend, WrapperDispatch
 from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
-from swaa_sglang.config import SWAAConfig
+from swaa_sglang.config import SWAAConfig, layer_ranges
 
 from .flashinfer_ops import HeadConfig, SlidingDecode, SlidingPrefill
 from .op_check import OpCheck
@@ -69,18 +69,6 @@ class KVPool(enum.Enum):
     SWA = "swa"  # the SWA pool of window eviction: slots mapped by translate_loc_from_full_to_swa
 
 
-def _ranges_text(ids: list[int]) -> str:
-    """[0, 1, 2, 5] -> '0-2,5'."""
-    out, start = [], None
-    for i, x in enumerate(ids):
-        if start is None:
-            start = x
-        if i + 1 == len(ids) or ids[i + 1] != x + 1:
-            out.append(str(start) if start == x else f"{start}-{x}")
-            start = None
-    return ",".join(out) or "none"
-
-
 def _lens(cpu_lens, device_lens: torch.Tensor) -> torch.Tensor:
     return device_lens.cpu().long() if cpu_lens is None else torch.as_tensor(cpu_lens, dtype=torch.int64)
 
@@ -88,6 +76,12 @@ def _lens(cpu_lens, device_lens: torch.Tensor) -> torch.Tensor:
 class SWAAFlashInferBackend(FlashInferAttnBackend):
     def __init__(self, model_runner: ModelRunner, config: SWAAConfig):
         super().__init__(model_runner, init_new_workspace=model_runner.init_new_workspace)
+        # Window eviction gives the runner a window (W - 1), so SGLang plans two wrappers and full layers run
+        # through its wrapper 1. On SGLang 0.5.17's ragged extend path that wrapper is planned over seq_lens
+        # instead of the cached prefix and read before the new tokens' KV is written, so full layers would
+        # attend to stale slots whenever an extend has a prefix; its paged path (KV first, causal) is exact.
+        if self.dispatch_reason is WrapperDispatch.SLIDING_WINDOW:
+            self.use_paged = True
         self.swaa = config
         num_layers = model_runner.model_config.num_hidden_layers
         self.sliding_layers = frozenset(i for i in range(num_layers) if config.is_sliding(i))
@@ -138,7 +132,7 @@ class SWAAFlashInferBackend(FlashInferAttnBackend):
                 "layers %s read sinks + window through SWA slots; full-pool layers keep all KV)",
                 getattr(model_runner, "full_max_total_num_tokens", None), num_layers - len(self.swa_pool_layers),
                 getattr(model_runner, "swa_max_total_num_tokens", None), len(self.swa_pool_layers),
-                _ranges_text(sorted(self.swa_pool_layers)),
+                layer_ranges(sorted(self.swa_pool_layers)),
             )
 
     def _pool_of(self, layer_id: int) -> KVPool:

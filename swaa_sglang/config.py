@@ -228,8 +228,9 @@ class SWAAConfig:
     non_sliding_layers: LayerSet = field(default=LayerSet())
     # Window eviction (docs/design/eviction.md): windowed layers keep only sinks + window of KV
     # in SGLang's hybrid SWA pool; it never changes what attention computes. None (the default)
-    # means on exactly when some layer is windowed, decided once the layer count is known
-    # (:meth:`with_eviction_resolved`); True / False are the user's explicit choice.
+    # means on exactly when every layer is windowed, decided once the layer count is known
+    # (:meth:`with_eviction_resolved`); True / False are the user's explicit choice. Layouts that
+    # mix windowed layers with full-KV layers are refused with it on (see :data:`MIXED_EVICTION_REFUSAL`).
     evict_window: bool | None = None
 
     def __post_init__(self) -> None:
@@ -273,12 +274,17 @@ class SWAAConfig:
             )
 
     def with_eviction_resolved(self, num_layers: int) -> "SWAAConfig":
-        """This config with ``evict_window`` decided: the explicit choice, else on exactly when some
-        layer of a ``num_layers``-layer model is windowed. Raises ValueError where the default would
+        """This config with ``evict_window`` decided: the explicit choice, else on exactly when every
+        layer of a ``num_layers``-layer model is windowed (a layout with full-KV layers beside windowed
+        ones keeps all KV: :data:`MIXED_EVICTION_REFUSAL`). Raises ValueError where the default would
         turn eviction on for a window it cannot serve (W = 1)."""
         if self.evict_window is not None:
             return self
-        return replace(self, evict_window=bool(self.windowed_layers(num_layers)))
+        return replace(self, evict_window=bool(num_layers) and len(self.windowed_layers(num_layers)) == num_layers)
+
+    def full_kv_layers(self, num_layers: int) -> list[int]:
+        """Layers that read all their KV when decoding: full layers and sliding layers with FA decode."""
+        return [i for i in range(num_layers) if not self.windowed_decode(i)]
 
     # -- the window in FlashInfer's and SGLang's terms ----------------------------------
     @property
@@ -336,6 +342,8 @@ class SWAAConfig:
                 "evict_window: no layer is windowed (every layer is full or decodes with full attention), "
                 "so there is no KV to evict; turn FA decode off on some sliding layer or set evict_window off"
             )
+        if self.evict_window and self.full_kv_layers(num_layers) and os.environ.get(MIXED_EVICTION_ENV) != "1":
+            raise ValueError(MIXED_EVICTION_REFUSAL.format(layers=layer_ranges(self.full_kv_layers(num_layers))))
         if context_length is not None and self.keep_first > context_length:
             raise ValueError(
                 f"keep_first: {self.keep_first} sink tokens exceed the context length {context_length}; "
@@ -449,6 +457,28 @@ class SWAAConfig:
         if evict_window is not None:
             fields["evict_window"] = parse_on_off("evict_window", evict_window)
         return cls(**fields)
+
+
+# Window eviction beside full-KV layers (full attention, or FA decode) is refused until its GPU exactness
+# test passes (docs/design/eviction.md, "Mixed layouts"); that test sets MIXED_EVICTION_ENV=1.
+MIXED_EVICTION_ENV = "SWAA_MIXED_EVICTION"
+MIXED_EVICTION_REFUSAL = (
+    "evict_window: layers {layers} keep full KV (full attention or FA decode) beside windowed layers; window "
+    "eviction is supported only where every layer is windowed (this mix is not verified on GPUs yet). "
+    "Allowed: evict_window off (--swaa-evict-window off; the default for this layout), or every layer windowed"
+)
+
+
+def layer_ranges(ids: list[int]) -> str:
+    """Layer ids as ranges, for messages: [0, 1, 2, 5] -> '0-2,5'; [] -> 'none'."""
+    out, start = [], None
+    for i, x in enumerate(ids):
+        if start is None:
+            start = x
+        if i + 1 == len(ids) or ids[i + 1] != x + 1:
+            out.append(str(start) if start == x else f"{start}-{x}")
+            start = None
+    return ",".join(out) or "none"
 
 
 # -- presets: the settings the paper tested ------------------------------------

@@ -61,11 +61,11 @@ def _requests(seed: int = 0):
     return round1, round2
 
 
-def _engine(evict: bool | None, op_check: Path | None = None, model: str = MODEL, **kw):
+def _engine(evict: bool | None, op_check: Path | None = None, model: str = MODEL, full_layers=(), **kw):
     """An Engine with W = 64, k = 4; ``evict`` None leaves window eviction to its default (on here)."""
     import sglang
 
-    config = SWAAConfig(sliding_window_size=W, keep_first=K, evict_window=evict)
+    config = SWAAConfig(sliding_window_size=W, keep_first=K, evict_window=evict, non_sliding_layers=list(full_layers))
     if op_check is not None:
         os.environ["SWAA_OP_CHECK_FILE"] = str(op_check)
         os.environ["SWAA_OP_CHECK_MAX"] = "600"
@@ -106,7 +106,7 @@ def _pools_whole(engine) -> None:
 
 def _run(evict: bool | None, batched: bool, op_check: Path | None = None, requests=None, **kw):
     round1, round2 = requests or _requests()
-    engine = _engine(evict, op_check, **kw)
+    engine = _engine(evict, op_check, **kw)  # kw: full_layers, and Engine arguments
     try:
         out1 = _gen(engine, round1, batched)
         out2 = _gen(engine, round2, batched) if round2 else []
@@ -178,6 +178,29 @@ def test_radix_cache_eviction_batched_with_cuda_graphs(tmp_path, page):
     bad = [r for r in records if r["rel_err"] > 1e-2]
     assert not bad, bad[:5]
 
+
+
+@pytest.mark.parametrize("page", [1, 16])
+def test_mixed_layout_eviction_reuses_prefixes_exactly(tmp_path, page, monkeypatch):
+    """Full layers (the odd ones, SGLang's stock path) beside windowed layers with eviction on: radix
+    hits and chunked prefill, CUDA graphs on, op check on every layer's eager calls. Window eviction
+    refuses this mix unless SWAA_MIXED_EVICTION=1 (the switch this test exists to retire)."""
+    monkeypatch.setenv("SWAA_MIXED_EVICTION", "1")  # read by SWAAConfig.validate in every process
+    log = tmp_path / "opcheck.jsonl"
+    odd = range(1, 28, 2)
+    on, info = _run(True, batched=False, op_check=log, page_size=page, full_layers=odd)
+    off, _ = _run(False, batched=False, page_size=page, full_layers=odd)
+    assert info["radix_cache_backend"] == "swaa" and info["page_size"] == page
+    same = _identical_until_shapes_differ(on, off)
+    print(f"\nmixed, page {page}: identical for the first {same}/{len(on)} requests; cached tokens "
+          f"on={[h for _, h in on]} off={[h for _, h in off]}")
+    assert same >= 1 and any(h > K for _, h in on), "no prefix reuse beyond the sinks with eviction on"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {r["mode"] for r in records} == {"extend", "decode"} and all(r["finite"] for r in records)
+    full = [r for r in records if r["layer"] % 2 == 1]
+    assert full, "the op check saw no full layer"
+    bad = [r for r in records if r["rel_err"] > 1e-2]
+    assert not bad, bad[:5]
 
 
 def _build_chat(engine, tok, text: str, questions: list[str], params: dict):

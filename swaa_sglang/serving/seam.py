@@ -190,6 +190,8 @@ INTERNAL_IMPORTS: tuple[InternalImport, ...] = (
     *_imports("sglang.benchmark.utils", "get_tokenizer", _BENCH, "the tokenizer offline_throughput uses"),
     *_imports("sglang.srt.layers.attention.flashinfer_backend", "FlashInferAttnBackend", _BACKEND,
               "the backend we extend"),
+    *_imports("sglang.srt.layers.attention.flashinfer_backend", "WrapperDispatch", _BACKEND,
+              "two-wrapper dispatch (a runner with a window): full layers take the paged extend path"),
     *_imports("sglang.srt.mem_cache.memory_pool", "KVWriteLoc", _BACKEND, "KV writes into full and SWA slots"),
     *_imports("sglang.srt.layers.radix_attention", "RadixAttention", _BACKEND, "type hints"),
     *_imports("sglang.srt.model_executor.forward_batch_info", "ForwardBatch", _BACKEND, "type hints"),

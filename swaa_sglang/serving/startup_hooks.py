@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from swaa_sglang.config import LayerSet
+from swaa_sglang.config import LayerSet, layer_ranges
 from swaa_sglang.model_support import check_model_config, num_layers_of, read_hf_config
 
 from . import seam
@@ -59,14 +59,18 @@ def _prepare_server_args(server_args) -> None:
                                revision=getattr(server_args, "revision", None))
     config = check_model_config(config, hf_config, getattr(server_args, "context_length", None))
     if config.evict_window is None:
-        # The default (on where some layer is windowed) depends on the layer count, known here: decide it
+        # The default (on where every layer is windowed) depends on the layer count, known here: decide it
         # once and write it into the override, so that every worker process receives the decision.
         num_layers = num_layers_of(hf_config)
         config = config.with_eviction_resolved(num_layers)
         server_args.json_model_override_args = with_config(server_args.json_model_override_args, config)
-        if not config.evict_window:
+        if not config.evict_window and not config.windowed_layers(num_layers):
             logger.info("swaa: window eviction off: no layer is windowed (each of the %d layers is full or decodes "
                         "with full attention), so every layer keeps all of its KV", num_layers)
+        elif not config.evict_window:
+            logger.info("swaa: window eviction off: layers %s keep full KV (full attention or FA decode) beside "
+                        "windowed layers, a mix window eviction is not verified for; every layer keeps all of its KV",
+                        layer_ranges(config.full_kv_layers(num_layers)))
     elif not config.evict_window:
         logger.info("swaa: window eviction off (evict_window false): every layer keeps all of its KV")
     check_eviction_args(server_args, config)
