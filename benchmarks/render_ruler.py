@@ -15,6 +15,7 @@ list full attention first: a cell where full attention fails says nothing about 
   the tasks and its fully correct count with a Wilson 95% interval.
 * ``--hf FILE``: per setting present in both, how many samples (same task, length, index: the
   same prompt) the HF reference and the server scored alike and answered with the same text.
+* ``--exclude NAME=REASON``: a setting left out of the tables and the chart, with the reason printed.
 * ``--speed FILE`` (bench_e2e.py JSONs): each setting's 128K TTFT speed-up over vanilla, for the
   chart (x: speed-up, y: mean score at ``--compare-length``). ``--speed-as NAME=PRESET`` plots a
   setting at a measured preset's speed (for example the even-layers twin of ``balanced``: the
@@ -39,12 +40,24 @@ E2E_NAME = {"full": "vanilla", "sw": "window-2k", "sw+sink": "sink100-2k", "sw+s
 SPEED_LENGTH = 131072
 
 
+def read_json(path: str) -> Any:
+    """A JSON file, gzip-compressed or not (results are committed as ``.json.gz``)."""
+    import gzip
+
+    raw = Path(path).read_bytes()
+    return json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+
+
+def _machine(info: dict[str, Any]) -> str:
+    return str(info.get("gpu") or info.get("cuda") or info.get("cpu") or "machine not recorded")
+
+
 def load(paths: Sequence[str]) -> dict[str, Any]:
     """The merged results: records, the settings' descriptions and configs in first-seen order, provenance."""
     merged: dict[str, Any] = {"records": [], "settings": {}, "sources": []}
     task_key = None
     for path in paths:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = read_json(path)
         key = {k: data["task"].get(k) for k in ("seed", "split", "essays_sha256")}
         if task_key is not None and key != task_key:
             raise SystemExit(f"{path}: task definition {key} differs from the first file's {task_key}; "
@@ -55,7 +68,7 @@ def load(paths: Sequence[str]) -> dict[str, Any]:
                 merged["settings"].setdefault(s["name"], s)
         merged["records"] += data["records"]
         merged["sources"].append({"file": Path(path).name, "date": data.get("date"), "command": data.get("command"),
-                                  "machine": data.get("machine", {}).get("gpu") or data.get("machine"),
+                                  "machine": _machine(data.get("machine") or {}),
                                   "elapsed_seconds": data.get("elapsed_seconds")})
     merged["task"] = task_key
     return merged
@@ -115,9 +128,11 @@ def compare_rows(merged: dict[str, Any], names: Sequence[str], length: int) -> l
         full = sum(1 for x in got if x == 1.0)
         lo, hi = wilson(full, len(got))
         layers = merged["settings"].get(name, {}).get("resolved") or merged["settings"].get(name, {}).get("config", {})
+        windowed = layers.get("sliding_window_size") is not None
         rows.append({"setting": name, "n": len(got), "mean_score": sum(got) / len(got), "all_correct": full,
-                     "wilson95": (lo, hi), "full_layers": layers.get("non_sliding_layers"),
-                     "fa_decode": layers.get("force_fa_decode")})
+                     "wilson95": (lo, hi),
+                     "full_layers": (layers.get("non_sliding_layers") or "none") if windowed else "all",
+                     "fa_decode": layers.get("force_fa_decode", False) if windowed else "-"})
     return rows
 
 
@@ -159,7 +174,7 @@ def speedups(paths: Sequence[str]) -> dict[str, float]:
     """{e2e setting: TTFT speed-up over vanilla at 128K}, from bench_e2e.py JSONs (first file wins)."""
     out: dict[str, float] = {}
     for path in paths:
-        rows = json.loads(Path(path).read_text(encoding="utf-8"))["rows"]
+        rows = read_json(path)["rows"]
         ttft = {r["setting"]: s["ttft_s"] for r in rows for s in r.get("single", []) if s["prompt_tokens"] == SPEED_LENGTH}
         if "vanilla" not in ttft:
             raise SystemExit(f"--speed: {path} has no vanilla row at {SPEED_LENGTH} tokens")
@@ -190,7 +205,7 @@ def plot(rows: Sequence[dict[str, Any]], speed: dict[str, float], speed_as: dict
         ax.errorbar([x], [frac], yerr=[[frac - lo], [hi - frac]], fmt="o", capsize=3,
                     mfc="white" if name in speed_as else None)
         label = name + (f" (speed of {e2e})" if name in speed_as else "")
-        ax.annotate(label, (x, frac), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.annotate(label, (x, frac), textcoords="offset points", xytext=(6, 4 + 9 * (len(missing) + rows.index(r)) % 18), fontsize=8)
     ax.set_xlabel("TTFT speed-up over vanilla SGLang at 128K (Qwen3-4B shape, H200)")
     ax.set_ylabel(f"fully correct at {_k(length)} (all tasks, Wilson 95%)")
     ax.set_ylim(-0.03, 1.05)
@@ -210,13 +225,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", help="comma-separated settings for the comparison table and the chart "
                    "(default: every setting)")
     p.add_argument("--compare-length", type=int, help="length of the comparison and the chart (default: the longest)")
-    p.add_argument("--hf", help="a quality_ruler.py --runner hf JSON on some of the same samples")
+    p.add_argument("--hf", action="append", default=[],
+                   help="a quality_ruler.py --runner hf JSON on some of the same samples (repeatable)")
     p.add_argument("--speed", action="append", default=[], help="bench_e2e.py JSON with 128K TTFT rows (repeatable)")
     p.add_argument("--speed-as", action="append", default=[], metavar="NAME=PRESET",
                    help="plot NAME at PRESET's measured speed (repeatable)")
+    p.add_argument("--exclude", action="append", default=[], metavar="NAME=REASON",
+                   help="leave a setting's records out of every table and the chart, saying why (repeatable)")
     p.add_argument("--title", default="RULER-style tasks: quality against speed")
     args = p.parse_args(argv)
     merged = load(args.results)
+    excluded = {}
+    for item in args.exclude:
+        name, sep, reason = item.partition("=")
+        if not sep or not name or not reason:
+            p.error(f"--exclude: expected NAME=REASON; got {item!r}")
+        if not any(r["setting"] == name for r in merged["records"]):
+            p.error(f"--exclude: no records for setting {name!r}")
+        excluded[name] = reason
+    every_record = merged["records"]  # the HF agreement covers excluded settings too: it may be why
+    merged["records"] = [r for r in every_record if r["setting"] not in excluded]
     lengths = sorted({r["length"] for r in merged["records"]})
     length = args.compare_length or lengths[-1]
     if length not in lengths:
@@ -231,9 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         speed_as[name] = preset
     parts = ["Sources: " + "; ".join(f"`{s['file']}` ({s['date']}, {s['machine']})" for s in merged["sources"]),
              task_tables(merged), compare_table(compare_rows(merged, names, length), length)]
+    if excluded:
+        parts.insert(1, "Left out: " + "; ".join(f"`{n}` ({why})" for n, why in excluded.items()))
     if args.hf:
         parts.append("Agreement with the HF reference (same prompts):\n\n"
-                     + hf_agreement(merged, json.loads(Path(args.hf).read_text(encoding="utf-8"))))
+                     + hf_agreement({**merged, "records": every_record},
+                                  {"records": [r for f in args.hf for r in read_json(f)["records"]]}))
     if args.png:
         if not args.speed:
             p.error("--png: needs --speed (bench_e2e.py JSONs with 128K TTFT)")

@@ -23,13 +23,18 @@ def _rec(setting, task, length, index, score, answer="x", sha=None):
             "prompt_sha256": sha or f"{task}{length}{index}", "window": 2048}
 
 
+def _config(setting: str) -> dict:
+    if setting == "full":
+        return {}
+    return {"sliding_window_size": 2048, "keep_first": 100, "non_sliding_layers": [1, 3] if setting == "balanced" else []}
+
+
 def _result(path: Path, settings: list[str], records: list[dict], **task) -> Path:
     path.write_text(json.dumps({
         "date": "2026-12-03", "command": "quality_ruler.py ...", "machine": {"gpu": "H200"},
         "task": {**TASK, **task},
-        "settings": {"2048": [{"name": s, "description": s, "config": {"non_sliding_layers": [1, 3]
-                                                                       if s == "balanced" else []},
-                               "resolved": None} for s in settings]},
+        "settings": {"2048": [{"name": s, "description": s, "config": _config(s), "resolved": None}
+                              for s in settings]},
         "records": records}))
     return path
 
@@ -63,7 +68,8 @@ def test_comparison_counts_and_intervals(two_lanes):
     rows = rr.compare_rows(merged, ["balanced", "sink100-2k"], 32768)
     assert (rows[0]["all_correct"], rows[0]["n"]) == (6, 8) and rows[0]["wilson95"] == wilson(6, 8)
     assert rows[0]["full_layers"] == [1, 3]
-    assert (rows[1]["all_correct"], rows[1]["n"]) == (2, 8)
+    assert (rows[1]["all_correct"], rows[1]["n"]) == (2, 8) and rows[1]["full_layers"] == "none"
+    assert rr.compare_rows(merged, ["full"], 32768)[0]["full_layers"] == "all"
     with pytest.raises(SystemExit, match="no records for setting 'even'"):
         rr.compare_rows(merged, ["even"], 32768)
 
@@ -103,3 +109,20 @@ def test_speedups_and_chart(tmp_path, two_lanes):
     assert rr.main([*map(str, two_lanes), "--speed", str(e2e), "--speed-as", "balanced=sink100-2k",
                     "--png", str(png), "--md", str(md)]) == 0
     assert "Not in the chart" not in md.read_text()
+
+
+def test_exclude_leaves_a_setting_out_and_says_why(tmp_path, two_lanes):
+    md = tmp_path / "r.md"
+    assert rr.main([*map(str, two_lanes), "--exclude", "balanced=served wrongly", "--md", str(md)]) == 0
+    text = md.read_text()
+    assert "Left out: `balanced` (served wrongly)" in text and "| `balanced` |" not in text
+    with pytest.raises(SystemExit):
+        rr.main([*map(str, two_lanes), "--exclude", "nope=x"])
+
+
+def test_gzipped_results_read_like_plain_ones(tmp_path, two_lanes):
+    import gzip
+
+    gz = tmp_path / "a.json.gz"
+    gz.write_bytes(gzip.compress(two_lanes[0].read_bytes()))
+    assert rr.load([str(gz)])["records"] == rr.load([str(two_lanes[0])])["records"]
