@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)),
                    help="comma-separated target lengths in tokens (prompt + the task's answer budget)")
     p.add_argument("--samples", type=int, default=10, help="samples per (task, length)")
+    p.add_argument("--first-index", type=int, default=0,
+                   help="index of the first sample: a later run with --first-index N adds samples N.. to an "
+                   "earlier run of N samples (render_ruler.py merges the two)")
     p.add_argument("--split", choices=SPLITS, default="test",
                    help="test, or calibration (disjoint: other seeds, keys, values, names, words)")
     p.add_argument("--seed", type=int, default=0)
@@ -185,6 +188,8 @@ def parse_plan(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Pla
     windows = _positive_ints(parser, "--windows", args.windows)
     if args.samples < 1:
         parser.error(f"--samples: expected at least 1; got {args.samples}")
+    if args.first_index < 0:
+        parser.error(f"--first-index: expected 0 or more; got {args.first_index}")
     if args.concurrency < 1:
         parser.error(f"--concurrency: expected at least 1; got {args.concurrency}")
     if args.concurrency > 1 and runner == "hf":
@@ -278,7 +283,7 @@ def make_record(sample: RulerSample, window: int, setting: Setting, answer: Answ
 def run_samples(runner: Any, samples: SampleCache, plan: Plan, n_samples: int, windows: Sequence[int],
                 settings_for: Callable[[int], list[Setting]], progress: bool = True,
                 on_record: Callable[[dict], None] | None = None, deadline: float | None = None,
-                concurrency: int = 1) -> list[dict[str, Any]]:
+                concurrency: int = 1, first_index: int = 0) -> list[dict[str, Any]]:
     """Answer every (index, length, task, window, setting); one record each, in that order.
 
     Index first, so that a run stopped at ``deadline`` (checked before each new group of indices)
@@ -314,11 +319,12 @@ def run_samples(runner: Any, samples: SampleCache, plan: Plan, n_samples: int, w
     records: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         mapper = pool.map if concurrency > 1 else map
-        for first in range(0, n_samples, group):
+        end = first_index + n_samples
+        for first in range(first_index, end, group):
             if deadline is not None and time.time() > deadline:
-                logger.warning("time budget reached: stopping after %d samples per cell", first)
+                logger.warning("time budget reached: stopping after %d samples per cell", first - first_index)
                 break
-            batch = [samples.get(task, length, i) for i in range(first, min(first + group, n_samples))
+            batch = [samples.get(task, length, i) for i in range(first, min(first + group, end))
                      for length, task in per_index]
             for recs in mapper(answer, batch):
                 records += recs
@@ -347,7 +353,7 @@ def run_launched(args: argparse.Namespace, plan: Plan, model_path: str, samples:
                                   args.endpoint, args.prompt_format, args.server_model)
             records += run_samples(runner, samples, plan, args.samples, sorted(by_window),
                                    lambda w, bw=by_window: [bw[w]], not args.no_progress, on_record, share,
-                                   args.concurrency)
+                                   args.concurrency, args.first_index)
             model = runner.model_name()
         return records, model
 
@@ -368,7 +374,7 @@ def result_json(args: argparse.Namespace, argv: list[str] | None, plan: Plan, ru
         "task": {
             "source": "RULER (Hsieh et al., arXiv:2404.06654), benchmarks/ruler/task.py",
             "tasks": plan.tasks, "lengths": plan.lengths, "windows": plan.windows, "split": args.split,
-            "seed": args.seed, "samples_per_cell_requested": args.samples,
+            "seed": args.seed, "samples_per_cell_requested": args.samples, "first_index": args.first_index,
             "samples_per_cell": len({r["index"] for r in records}), "max_minutes": args.max_minutes,
             "max_new_tokens": {t: MAX_NEW_TOKENS[t] for t in plan.tasks},
             "prompt_tokens": "length - max_new_tokens at most, tolerance(length) fewer at least",
@@ -415,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     deadline = started + 60 * args.max_minutes if args.max_minutes else None
     if plan.runner != "launch":
         records = run_samples(runner, samples, plan, args.samples, plan.windows, settings_for, not args.no_progress,
-                              keep, deadline, args.concurrency)
+                              keep, deadline, args.concurrency, args.first_index)
         runner_info = runner.describe()
     else:
         # a SIGTERM (a time limit) unwinds through run_launched's `finally`, which stops the server

@@ -66,6 +66,11 @@ def load(paths: Sequence[str]) -> dict[str, Any]:
         for settings in data.get("settings", {}).values():
             for s in settings:
                 merged["settings"].setdefault(s["name"], s)
+        seen = {(r["setting"], r["task"], r["length"], r["index"]) for r in merged["records"]}
+        twice = [k for k in ((r["setting"], r["task"], r["length"], r["index"]) for r in data["records"]) if k in seen]
+        if twice:
+            raise SystemExit(f"{path}: sample {twice[0]} (setting, task, length, index) is also in an earlier file; "
+                             "runs merge only over distinct samples (quality_ruler.py --first-index)")
         merged["records"] += data["records"]
         merged["sources"].append({"file": Path(path).name, "date": data.get("date"), "command": data.get("command"),
                                   "machine": _machine(data.get("machine") or {}),

@@ -287,6 +287,7 @@ def test_help_explains_the_benchmark():
     (["--url", "http://127.0.0.1:30000", "--server-swaa", "{window"], "--server-swaa"),
     (["--url", "http://127.0.0.1:30000", "--concurrency", "0"], "--concurrency"),
     (["--concurrency", "4"], "--concurrency"),
+    (["--first-index", "-1"], "--first-index"),
 ])  # fmt: skip
 def test_cli_errors_name_the_flag(argv, flag, capsys):
     with pytest.raises(SystemExit) as e:
@@ -369,6 +370,31 @@ def test_cli_against_a_server_writes_every_answer_and_the_table_last(tok, smollm
     assert stdout[header].endswith("Wilson 95%") and stdout.index(f"wrote {out}") < header
     assert all(re.search(r"\d+/[12] +\[\d\.\d{3}, \d\.\d{3}\]$", line) for line in stdout[header + 1 :])
     assert not (tmp_path / "r.json.partial.jsonl").exists()
+
+
+def test_first_index_adds_later_samples_that_render_merges(tok, smollm2_path, tmp_path):
+    """A run of samples 0-1 and a later one of 2-3 (--first-index 2) are the same samples as one run of
+    0-3: same prompts by index, merged by render_ruler.py; overlapping runs are refused there."""
+    import render_ruler
+
+    def run(name, *extra):
+        out = tmp_path / name
+        with OracleServer(tok) as fake:
+            argv = ["--url", fake.url, "--model", smollm2_path, "--lengths", "1024", "--tasks", "niah_single,vt",
+                    "--no-progress", "--out", str(out), *extra]
+            assert quality_ruler.main(argv) == 0
+        return out
+
+    first, later = run("a.json", "--samples", "2"), run("b.json", "--samples", "2", "--first-index", "2")
+    whole = run("w.json", "--samples", "4")
+    key = lambda r: (r["task"], r["index"], r["prompt_sha256"])  # noqa: E731
+    later_records = json.loads(later.read_text())["records"]
+    assert sorted({r["index"] for r in later_records}) == [2, 3]
+    assert json.loads(later.read_text())["task"]["first_index"] == 2
+    merged = render_ruler.load([str(first), str(later)])
+    assert sorted(map(key, merged["records"])) == sorted(map(key, json.loads(whole.read_text())["records"]))
+    with pytest.raises(SystemExit, match="also in an earlier file"):
+        render_ruler.load([str(first), str(whole)])
 
 
 @pytest.mark.slow
