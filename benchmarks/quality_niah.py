@@ -148,12 +148,20 @@ def parse_plan(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Pla
     plan = Plan([int(x) for x in items(args.context_lengths)], [int(x) for x in items(args.windows)],
                 items(args.positions), [float(x) for x in items(args.outside_depths)], items(args.settings))
     try:
-        plan.settings_for(plan.windows[0], args.sinks)
+        for window in plan.windows:
+            for s in plan.settings_for(window, args.sinks):
+                # needles are placed inside or outside the sweep's window: a setting with a window of its
+                # own (a preset, a file) would be scored against the wrong one
+                if s.placement_window(window) != window:
+                    raise ValueError(f"settings: {s.name} has its own window {s.placement_window(window)}, and "
+                                     f"needles are placed for --windows {window}; allowed: --windows "
+                                     f"{s.placement_window(window)} for it, or a window-relative setting")
         for pos in plan.positions:
             if pos not in POSITIONS:
                 raise ValueError(f"positions: unknown {pos!r}; allowed: {POSITIONS}")
     except ValueError as e:
-        parser.error(str(e))
+        message = str(e)
+        parser.error(message if message.startswith("positions:") else f"--settings: {message.removeprefix('settings: ')}")
     return plan
 
 

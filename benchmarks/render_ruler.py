@@ -58,7 +58,8 @@ def load(paths: Sequence[str]) -> dict[str, Any]:
     task_key = None
     for path in paths:
         data = read_json(path)
-        key = {k: data["task"].get(k) for k in ("seed", "split", "essays_sha256")}
+        key = {**{k: data["task"].get(k) for k in ("seed", "split", "essays_sha256")},
+               "model": Path(str(data.get("runner", {}).get("model_path", ""))).name}
         if task_key is not None and key != task_key:
             raise SystemExit(f"{path}: task definition {key} differs from the first file's {task_key}; "
                              "only runs of the same samples merge")
@@ -75,6 +76,10 @@ def load(paths: Sequence[str]) -> dict[str, Any]:
         merged["sources"].append({"file": Path(path).name, "date": data.get("date"), "command": data.get("command"),
                                   "machine": _machine(data.get("machine") or {}),
                                   "elapsed_seconds": data.get("elapsed_seconds")})
+    windows = sorted({r["window"] for r in merged["records"]})
+    if len(windows) > 1:
+        raise SystemExit(f"results: windows {windows}; the tables hold one window (SWAA settings built at W, "
+                         "full attention answered once for all): render each window's run on its own")
     merged["task"] = task_key
     return merged
 
@@ -176,15 +181,24 @@ def hf_agreement(merged: dict[str, Any], hf: dict[str, Any]) -> str:
 
 
 def speedups(paths: Sequence[str]) -> dict[str, float]:
-    """{e2e setting: TTFT speed-up over vanilla at 128K}, from bench_e2e.py JSONs (first file wins)."""
+    """{preset: TTFT speed-up over vanilla at 128K}, from bench_e2e.py JSONs (the first file that has a
+    preset wins). Eviction suffixes name the same attention work; a +chunkN row is another setting and
+    is skipped; a bare preset's row is preferred to a suffixed one in the same file."""
+    from common import split_setting
+
     out: dict[str, float] = {}
     for path in paths:
         rows = read_json(path)["rows"]
         ttft = {r["setting"]: s["ttft_s"] for r in rows for s in r.get("single", []) if s["prompt_tokens"] == SPEED_LENGTH}
         if "vanilla" not in ttft:
             raise SystemExit(f"--speed: {path} has no vanilla row at {SPEED_LENGTH} tokens")
-        for name, t in ttft.items():
-            out.setdefault(name.removesuffix("+noevict").removesuffix("+evict"), ttft["vanilla"] / t)
+        found: dict[str, float] = {}
+        for name, t in sorted(ttft.items(), key=lambda kv: "+" in kv[0]):  # bare names first
+            base, _, chunk = split_setting(name)
+            if chunk is None:
+                found.setdefault(base, ttft["vanilla"] / t)
+        for base, x in found.items():
+            out.setdefault(base, x)
     return out
 
 
@@ -227,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("results", nargs="+", help="quality_ruler.py JSONs of the same samples")
     p.add_argument("--md", help="markdown out (default: print)")
     p.add_argument("--png", help="chart out (needs --speed)")
-    p.add_argument("--compare", help="comma-separated settings for the comparison table and the chart "
-                   "(default: every setting)")
+    p.add_argument("--compare", help="comma-separated settings for the comparison table (default: every "
+                   "setting; the chart shows every setting not excluded)")
     p.add_argument("--compare-length", type=int, help="length of the comparison and the chart (default: the longest)")
     p.add_argument("--hf", action="append", default=[],
                    help="a quality_ruler.py --runner hf JSON on some of the same samples (repeatable)")

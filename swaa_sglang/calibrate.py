@@ -43,8 +43,8 @@ Method
    windowed decode and with FA decode (answer tokens are decode rows, as when serving). NLL is the mean
    over all gold answer tokens of all prompts, in nats per token.
 3. **FA decode pays** for a layer set when it lowers that NLL by more than ``--fa-decode-threshold``
-   (default 0.02 nats per answer token, about 2% in answer perplexity): FA decode keeps every layer's
-   full KV for generated tokens (no window eviction), so it must buy a visible gain. Each candidate's
+   (default 0.02 nats per answer token, about 2% in answer perplexity): FA decode gives up the decode
+   speed-up (every decode step reads all of the KV), so it must buy a visible gain. Each candidate's
    objective is ``min(NLL windowed decode, NLL FA decode + threshold)``; the recipe is the candidate
    with the lowest objective (ties: the earlier candidate, so ``odd`` before ``even`` before
    ``mass-top`` before swaps) with FA decode on exactly when it pays for that set. Since ``odd`` and
@@ -206,7 +206,7 @@ class Candidate:
         return self.fa_decode_gain() > threshold
 
     def objective(self, threshold: float) -> float:
-        """The NLL of the better decode mode, FA decode charged ``threshold`` (it costs window eviction)."""
+        """The NLL of the better decode mode, FA decode charged ``threshold`` (it costs the decode speed-up)."""
         return min(self.nll_window_decode, self.nll_fa_decode + threshold)
 
 

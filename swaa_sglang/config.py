@@ -253,7 +253,7 @@ class SWAAConfig:
         )
         ev = self.evict_window
         if ev is not None and not isinstance(ev, bool):
-            raise ValueError(f"evict_window: must be true, false or unset (on where layers are windowed); got {ev!r}")
+            raise ValueError(f"evict_window: must be true, false or unset (on where every layer is windowed); got {ev!r}")
         if ev and w is None:
             raise ValueError(
                 "evict_window: window eviction needs a sliding window (sliding_window_size); "
@@ -269,7 +269,7 @@ class SWAAConfig:
         if ev and w < 2:
             raise ValueError(
                 f"evict_window: window eviction needs sliding_window_size >= 2 (SGLang's SWA window is W - 1 "
-                f"and must be >= 1); got {w}. It is on by default where layers are windowed: set evict_window "
+                f"and must be >= 1); got {w}. It is on by default where every layer is windowed: set evict_window "
                 "false (--swaa-evict-window off) to serve W = 1"
             )
 

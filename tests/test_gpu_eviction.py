@@ -3,7 +3,7 @@
 Qwen3-0.6B shapes with dummy weights (``benchmarks/models/qwen3-0.6b``), and SmolLM2-135M real
 weights for long generations and a multi-turn conversation; W = 64, k = 4, every layer windowed
 (the last one is kept whole in the full pool, docs/design/eviction.md), eviction on (the default)
-vs off, with page sizes 1, 16 and 64:
+vs off, with page sizes 1, 16 and 64; and a mixed layout (odd layers full) with eviction on:
 
 * the same requests give token-identical greedy outputs wherever the computation has the same
   shapes in both runs (FlashInfer and the GEMMs are then bitwise deterministic). With the radix

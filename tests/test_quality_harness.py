@@ -178,7 +178,7 @@ def test_presets_even_layers_and_recipe_files_are_settings(tmp_path):
     assert niah_settings.build_settings(512, 100, ["half-full-4k"])[0].config == got[0].config
     assert got[0].placement_window(2048) == 4096 and got[2].placement_window(512) == 2048
     assert niah_settings.build_settings(512, 100, ["full"])[0].placement_window(512) == 512
-    # the same config under two names would be answered twice: the names stay distinct, the error is clear
+    # NAME may not be a built-in setting's or a preset's name, so every name in a report means one config
     with pytest.raises(ValueError, match=r"settings: 'balanced=.*' needs a new NAME"):
         niah_settings.build_settings(2048, 100, ["balanced=" + str(recipe)])
     with pytest.raises(ValueError, match=r"swaa_config: cannot read '.*missing.yaml'"):
@@ -635,3 +635,15 @@ def test_launch_runner_goes_on_after_a_server_that_fails(smollm2_path, tmp_path,
     servers = {s["settings"][0]: s for s in result["runner"]["servers"]}
     assert "exited" in servers["sw+sink"]["error"] and "error" not in servers["full"] and "error" not in servers["sw"]
     assert {r["setting"] for r in result["records"]} == {"full", "sw"} and len(result["records"]) == 4
+
+
+def test_niah_refuses_a_setting_whose_window_is_not_the_sweeps(capsys):
+    """quality_niah places needles for --windows; a preset with another window is refused, naming the flag."""
+    import quality_niah
+
+    with pytest.raises(SystemExit):
+        quality_niah.main(["--windows", "512", "--settings", "full,half-full-4k"])
+    assert "--settings: half-full-4k has its own window 4096" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        quality_niah.main(["--windows", "512", "--settings", "x=/nonexistent.yaml"])
+    assert "--settings: swaa_config: cannot read" in capsys.readouterr().err

@@ -126,3 +126,26 @@ def test_gzipped_results_read_like_plain_ones(tmp_path, two_lanes):
     gz = tmp_path / "a.json.gz"
     gz.write_bytes(gzip.compress(two_lanes[0].read_bytes()))
     assert rr.load([str(gz)])["records"] == rr.load([str(two_lanes[0])])["records"]
+
+
+def test_two_windows_or_two_models_do_not_merge(tmp_path):
+    a = _result(tmp_path / "a.json", ["full"], [_rec("full", "vt", 4096, 0, 1.0), {**_rec("full", "vt", 4096, 1, 1.0),
+                                                                                   "window": 512}])
+    with pytest.raises(SystemExit, match=r"windows \[512, 2048\]"):
+        rr.load([str(a)])
+    b = _result(tmp_path / "b.json", ["full"], [_rec("full", "vt", 4096, 0, 1.0)])
+    c = json.loads(b.read_text())
+    c["runner"] = {"model_path": "/m/other-model"}
+    (tmp_path / "c.json").write_text(json.dumps(c))
+    with pytest.raises(SystemExit, match="task definition"):
+        rr.load([str(b), str(tmp_path / "c.json")])
+
+
+def test_speedups_prefer_the_bare_preset_and_skip_other_chunk_sizes(tmp_path):
+    e2e = tmp_path / "e.json"
+    e2e.write_text(json.dumps({"rows": [
+        {"setting": "vanilla", "single": [{"prompt_tokens": 131072, "ttft_s": 12.0}]},
+        {"setting": "sink100-2k+noevict", "single": [{"prompt_tokens": 131072, "ttft_s": 4.0}]},
+        {"setting": "sink100-2k", "single": [{"prompt_tokens": 131072, "ttft_s": 3.0}]},
+        {"setting": "balanced+chunk32768", "single": [{"prompt_tokens": 131072, "ttft_s": 1.0}]}]}))
+    assert rr.speedups([str(e2e)]) == {"vanilla": 1.0, "sink100-2k": 4.0}

@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from swaa_sglang.config import PRESETS, SWAAConfig
+from swaa_sglang.config import PRESETS, SWAAConfig, preset_config
 
 from .task import DEFAULT_SINKS
 
@@ -76,7 +76,7 @@ def build_settings(window: int, sinks: int = DEFAULT_SINKS, names: Iterable[str]
         if name in table:
             out.append(Setting(name, *table[name]))
         elif name in PRESETS:
-            out.append(Setting(name, f"preset {name}: {PRESETS[name][0]}", SWAAConfig(**PRESETS[name][1])))
+            out.append(Setting(name, f"preset {name}: {PRESETS[name][0]}", preset_config(name)))
         elif "=" in name:
             label, _, path = name.partition("=")
             if not label or label in table or label in PRESETS:
