@@ -123,7 +123,7 @@ from sglang.srt.mem_cache.swa_radix_cache import SWARadixCache
 import cpu_paged_kernels
 from attention_backends.radix_cache import SWAASinkRadixCache
 
-SWA_LAYER, FULL_LAYER = 0, 1  # layer 0: windowed (SWA pool); layer 1: full / FA-decode (full pool)
+LAYER_TAG = 1000  # layer i stores a position's content id + LAYER_TAG * i: a read from the wrong layer shows
 
 
 @pytest.fixture(autouse=True)
@@ -260,16 +260,24 @@ class Sim:
     before the new tokens, or -1 (``alloc_for_extend`` / ``alloc_for_decode``).
     """
 
-    def __init__(self, seed, window, keep_first, chunk, cache_cls=SWAASinkRadixCache, page=1, **overrides):
+    def __init__(self, seed, window, keep_first, chunk, cache_cls=SWAASinkRadixCache, page=1, pattern=(1, 0),
+                 **overrides):
+        """``pattern``: SGLang's hybrid_layer_pattern (1: the layer's KV in the SWA pool); by default layer 0
+        windowed (SWA pool) and layer 1 full or FA decode (full pool)."""
         self.rng = random.Random(seed)
         self.W, self.k, self.C, self.P = window, keep_first, chunk, page
         self.wl = wl = workload(page, window, **overrides)
         assert wl.full_size % page == 0 and wl.swa_size % page == 0
         self.K = sink_floor(keep_first, page)
+        self.swa_layers = [i for i, p in enumerate(pattern) if p]
+        self.full_layers = [i for i, p in enumerate(pattern) if not p]
         self.pool = SWAKVPool(
             size=wl.full_size, size_swa=wl.swa_size, page_size=page, dtype=torch.float32, head_num=1, head_dim=1,
-            swa_attention_layer_ids=[SWA_LAYER], full_attention_layer_ids=[FULL_LAYER], device="cpu",
+            swa_attention_layer_ids=self.swa_layers, full_attention_layer_ids=self.full_layers, device="cpu",
         )
+        for layer in range(len(pattern)):  # stale KV everywhere: nothing reads a slot it did not write
+            for buf in self.pool.get_kv_buffer(layer):
+                buf.fill_(-1.0)
         self.alloc = SWATokenToKVPoolAllocator(
             wl.full_size, wl.swa_size, page, torch.float32, "cpu", self.pool, need_sort=False
         )
@@ -309,11 +317,14 @@ class Sim:
         swa = self.alloc.full_to_swa_index_mapping[full]
         check(bool((swa > 0).all()), f"req {req.rid}: no SWA slot for new tokens at [{lo}, {hi})")
         t = torch.tensor(self.tags(req)[lo:hi], dtype=torch.float32)
-        self.buf(FULL_LAYER)[full] = t
-        self.buf(SWA_LAYER)[swa] = t
+        for layer in self.full_layers:
+            self.buf(layer)[full] = t + LAYER_TAG * layer
+        for layer in self.swa_layers:
+            self.buf(layer)[swa] = t + LAYER_TAG * layer
 
     def read_ok(self, req, positions, swa_layer: bool, what: str):
-        """The KV at these positions, as the layer reads it, is the KV of this request's own prefix."""
+        """The KV at these positions, as every windowed (``swa_layer``) or every full-pool layer reads it, is
+        the KV of this request's own prefix."""
         if isinstance(positions, range):
             pos = torch.arange(positions.start, positions.stop, dtype=torch.long)
         else:
@@ -326,11 +337,11 @@ class Sim:
             swa = self.alloc.full_to_swa_index_mapping[full]
             gone = pos[swa <= 0]
             check(gone.numel() == 0, f"{what}: req {req.rid}: the windowed layer reads positions {gone.tolist()}, whose SWA KV is gone")
-            got = self.buf(SWA_LAYER)[swa]
-        else:
-            got = self.buf(FULL_LAYER)[full]
-        bad = pos[got != want]
-        check(bad.numel() == 0, f"{what}: req {req.rid}: positions {bad.tolist()} hold KV of another prefix ({'SWA' if swa_layer else 'full'} pool)")
+        layers, slots = (self.swa_layers, swa) if swa_layer else (self.full_layers, full)
+        for layer in layers:
+            bad = pos[self.buf(layer)[slots] != want + LAYER_TAG * layer]
+            check(bad.numel() == 0, f"{what}: req {req.rid}: positions {bad.tolist()} hold KV of another prefix "
+                                    f"({'SWA' if swa_layer else 'full'} pool, layer {layer})")
 
     def compute(self, req, lo, hi, what):
         """Run queries at positions [lo, hi): check every cached key they read, then write their KV."""

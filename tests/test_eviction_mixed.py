@@ -53,7 +53,6 @@ import attention_backends.flashinfer_ops as ops
 import cpu_paged_kernels
 import test_eviction as te
 from attention_backends.backend import SWAAFlashInferBackend
-from attention_backends.eviction_policy import sglang_window
 from attention_backends.planning import GENERATED_FROM_ATTR
 from attention_backends.radix_cache import SWAASinkRadixCache
 from swaa_sglang import SWAAConfig, visibility_mask
@@ -64,69 +63,6 @@ QWEN_NON_SLIDING = [3, 5, 9, 10, 11, 13, 15, 16, 20, 21, 22, 23]
 
 
 # == part 1: pool, allocator and radix cache with many full and SWA layers ==================
-class MixedSim(te.Sim):
-    """tests/test_eviction.py's simulation over a pool with a mixed 24-layer layout: writes go to every
-    layer (full-pool layers at full slots, SWA-pool layers at SWA slots), reads are checked in every layer."""
-
-    def __init__(self, *args, pattern, **kwargs):
-        super().__init__(*args, **kwargs)
-        wl = self.wl
-        self.swa_layers = [i for i, p in enumerate(pattern) if p]
-        self.full_layers = [i for i, p in enumerate(pattern) if not p]
-        self.pool = SWAKVPool(
-            size=wl.full_size, size_swa=wl.swa_size, page_size=self.P, dtype=torch.float32, head_num=1, head_dim=1,
-            swa_attention_layer_ids=self.swa_layers, full_attention_layer_ids=self.full_layers, device="cpu",
-        )
-        self.alloc = SWATokenToKVPoolAllocator(
-            wl.full_size, wl.swa_size, self.P, torch.float32, "cpu", self.pool, need_sort=False
-        )
-        self.r2t = ReqToTokenPool(wl.max_reqs, wl.ctx, "cpu", False)
-        params = CacheInitParams(
-            disable=False, req_to_token_pool=self.r2t, token_to_kv_pool_allocator=self.alloc,
-            page_size=self.P, sliding_window_size=sglang_window(self.W),
-        )
-        self.tc_params = params
-        self.tc = SWAASinkRadixCache(params, self.k)
-        for layer in range(len(pattern)):  # stale KV everywhere: nothing reads a slot it did not write
-            for buf in self.pool.get_kv_buffer(layer):
-                buf.fill_(-1.0)
-
-    def buf(self, layer):
-        return self.pool.get_key_buffer(layer)[:, 0, 0]
-
-    def write(self, req, lo, hi):
-        full = self.r2t.req_to_token[req.req_pool_idx, lo:hi].long()
-        swa = self.alloc.full_to_swa_index_mapping[full]
-        te.check(bool((swa > 0).all()), f"req {req.rid}: no SWA slot for new tokens at [{lo}, {hi})")
-        t = torch.tensor(self.tags(req)[lo:hi], dtype=torch.float32)
-        for layer in self.full_layers:
-            self.buf(layer)[full] = t + 1000 * layer
-        for layer in self.swa_layers:
-            self.buf(layer)[swa] = t + 1000 * layer
-
-    def read_ok(self, req, positions, swa_layer: bool, what: str):
-        pos = (torch.arange(positions.start, positions.stop) if isinstance(positions, range)
-               else torch.as_tensor(sorted(positions), dtype=torch.long))
-        if pos.numel() == 0:
-            return
-        full = self.r2t.req_to_token[req.req_pool_idx, pos].long()
-        want = torch.tensor(self.tags(req), dtype=torch.float32)[pos]
-        if swa_layer:
-            swa = self.alloc.full_to_swa_index_mapping[full]
-            gone = pos[swa <= 0]
-            te.check(gone.numel() == 0, f"{what}: req {req.rid}: windowed layers read positions {gone.tolist()}, "
-                                        "whose SWA KV is gone")
-            for layer in self.swa_layers:
-                bad = pos[self.buf(layer)[swa] != want + 1000 * layer]
-                te.check(bad.numel() == 0, f"{what}: req {req.rid}: SWA-pool layer {layer} reads positions "
-                                           f"{bad.tolist()} holding KV of another prefix")
-        else:
-            for layer in self.full_layers:
-                bad = pos[self.buf(layer)[full] != want + 1000 * layer]
-                te.check(bad.numel() == 0, f"{what}: req {req.rid}: full-pool layer {layer} reads positions "
-                                           f"{bad.tolist()} holding KV of another prefix (freed or reused full slots)")
-
-
 @pytest.mark.parametrize("page,window,keep_first,chunk", [(1, 8, 3, 7), (1, 5, 1, 16), (16, 8, 5, 40)])
 def test_mixed_layout_pool_and_cache_keep_full_layer_kv(page, window, keep_first, chunk):
     config = SWAAConfig(sliding_window_size=2048, keep_first=100, non_sliding_layers=QWEN_NON_SLIDING,
@@ -134,7 +70,7 @@ def test_mixed_layout_pool_and_cache_keep_full_layer_kv(page, window, keep_first
     pattern = hybrid_layer_pattern(config, 24)
     assert pattern == [1, 1, 1, 0, 1, 0, 1, 1, 1, 0, 0, 0, 1, 0, 1, 0, 0, 1, 1, 1, 0, 0, 0, 0]
     with cpu_paged_kernels.patched():
-        stats = [te._run(MixedSim(page * 7919 + seed, window, keep_first, chunk, page=page, pattern=pattern), 500)
+        stats = [te._run(te.Sim(page * 7919 + seed, window, keep_first, chunk, page=page, pattern=pattern), 500)
                  for seed in range(2)]
     total = te._total(stats)
     assert total["hits"] > 5 and total["decode"] > 50 and total["window_freed"] > 0, total
