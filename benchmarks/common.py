@@ -7,9 +7,8 @@ A *setting* names one way of serving the model:
 * ``vanilla-no-prefill-graph``: the same with the prefill CUDA graph off, as the plugin runs SWAA
   (it tells the backend's own cost from that switch);
 * a SWAA preset (``swaa_sglang.config.PRESETS``; ``full`` is the swaa backend with SWAA off);
-* ``PRESET+noevict``: the preset with window eviction off (it is on by default for presets whose
-  every layer is windowed); ``PRESET+evict`` asks for it explicitly (refused where no layer is
-  windowed, or where full or FA-decode layers sit beside windowed ones).
+* ``PRESET+noevict``: the preset with window eviction off (it is on by default for presets with
+  windowed layers); ``PRESET+evict`` asks for it explicitly (refused where no layer is windowed).
 * ``SETTING+chunkN`` (any of the above): SGLang's chunked-prefill size N tokens instead of the
   engine benchmarks' 8192 (SGLang's own default for the server-flag tools); a windowed layer's
   prefill chunk costs O(N x W), so larger chunks can pay off there.
@@ -39,13 +38,13 @@ DEFAULT_MODEL = HERE / "models" / "qwen3-4b-2507"  # Qwen3-4B-Instruct-2507's co
 
 # stock SGLang settings as Engine kwargs
 VANILLA: dict[str, dict[str, Any]] = {"vanilla": {}, "vanilla-no-prefill-graph": {"disable_prefill_cuda_graph": True}}
-# setting suffixes: window eviction explicitly on / off (a bare preset takes the default: on where every layer is windowed)
+# setting suffixes: window eviction explicitly on / off (a bare preset takes the default: on where a layer is windowed)
 EVICT_SUFFIXES = {"+evict": True, "+noevict": False}
 CHUNK_SUFFIX = "+chunk"  # +chunkN: chunked-prefill size N
 DEFAULT_CHUNKED_PREFILL = 8192  # the benchmarks' chunked-prefill size unless a setting says +chunkN
 SETTINGS_HELP = ("comma list: 'vanilla' (stock SGLang, flashinfer backend), 'vanilla-no-prefill-graph' (the same "
                  "with the prefill CUDA graph off, as the plugin runs SWAA), a SWAA preset ('full': the swaa backend "
-                 "with SWAA off, which isolates the plugin's own cost; window eviction on by default where every "
+                 "with SWAA off, which isolates the plugin's own cost; window eviction on by default where a "
                  "layer is windowed), PRESET+noevict (window eviction off) or PRESET+evict (explicitly on); any "
                  f"of these +chunkN: chunked-prefill size N (default {DEFAULT_CHUNKED_PREFILL} for engines, SGLang's "
                  "own for the server-flag tools)")

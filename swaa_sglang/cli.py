@@ -60,10 +60,10 @@ def add_swaa_args(parser: argparse.ArgumentParser, eviction: bool = True) -> Non
     if eviction:
         g.add_argument(
             "--swaa-evict-window", metavar="on|off",
-            help=f"evict_window ({ON_OFF_HELP}; default: on when every layer is windowed, i.e. sliding without "
+            help=f"evict_window ({ON_OFF_HELP}; default: on when some layer is windowed, i.e. sliding without "
             "FA decode): windowed layers keep only the sinks and the window of KV, in SGLang's hybrid SWA pool, "
-            "so more requests fit; outputs are unchanged. Needs W >= 2 and no full or FA-decode layer beside "
-            "the windowed ones; sets --radix-cache-backend swaa. 'off' keeps all KV on every layer.",
+            "so more requests fit; full and FA-decode layers keep all their KV; outputs are unchanged. Needs "
+            "W >= 2; sets --radix-cache-backend swaa. 'off' keeps all KV on every layer.",
         )
 
 

@@ -228,9 +228,8 @@ class SWAAConfig:
     non_sliding_layers: LayerSet = field(default=LayerSet())
     # Window eviction (docs/design/eviction.md): windowed layers keep only sinks + window of KV
     # in SGLang's hybrid SWA pool; it never changes what attention computes. None (the default)
-    # means on exactly when every layer is windowed, decided once the layer count is known
-    # (:meth:`with_eviction_resolved`); True / False are the user's explicit choice. Layouts that
-    # mix windowed layers with full-KV layers are refused with it on (see :data:`MIXED_EVICTION_REFUSAL`).
+    # means on exactly when some layer is windowed, decided once the layer count is known
+    # (:meth:`with_eviction_resolved`); True / False are the user's explicit choice.
     evict_window: bool | None = None
 
     def __post_init__(self) -> None:
@@ -253,7 +252,7 @@ class SWAAConfig:
         )
         ev = self.evict_window
         if ev is not None and not isinstance(ev, bool):
-            raise ValueError(f"evict_window: must be true, false or unset (on where every layer is windowed); got {ev!r}")
+            raise ValueError(f"evict_window: must be true, false or unset (on where a layer is windowed); got {ev!r}")
         if ev and w is None:
             raise ValueError(
                 "evict_window: window eviction needs a sliding window (sliding_window_size); "
@@ -269,18 +268,18 @@ class SWAAConfig:
         if ev and w < 2:
             raise ValueError(
                 f"evict_window: window eviction needs sliding_window_size >= 2 (SGLang's SWA window is W - 1 "
-                f"and must be >= 1); got {w}. It is on by default where every layer is windowed: set evict_window "
+                f"and must be >= 1); got {w}. It is on by default where a layer is windowed: set evict_window "
                 "false (--swaa-evict-window off) to serve W = 1"
             )
 
     def with_eviction_resolved(self, num_layers: int) -> "SWAAConfig":
-        """This config with ``evict_window`` decided: the explicit choice, else on exactly when every
-        layer of a ``num_layers``-layer model is windowed (a layout with full-KV layers beside windowed
-        ones keeps all KV: :data:`MIXED_EVICTION_REFUSAL`). Raises ValueError where the default would
-        turn eviction on for a window it cannot serve (W = 1)."""
+        """This config with ``evict_window`` decided: the explicit choice, else on exactly when some
+        layer of a ``num_layers``-layer model is windowed (full and FA-decode layers beside them keep
+        all their KV in the full pool). Raises ValueError where the default would turn eviction on for
+        a window it cannot serve (W = 1)."""
         if self.evict_window is not None:
             return self
-        return replace(self, evict_window=bool(num_layers) and len(self.windowed_layers(num_layers)) == num_layers)
+        return replace(self, evict_window=bool(self.windowed_layers(num_layers)))
 
     def full_kv_layers(self, num_layers: int) -> list[int]:
         """Layers that read all their KV when decoding: full layers and sliding layers with FA decode."""
@@ -342,8 +341,6 @@ class SWAAConfig:
                 "evict_window: no layer is windowed (every layer is full or decodes with full attention), "
                 "so there is no KV to evict; turn FA decode off on some sliding layer or set evict_window off"
             )
-        if self.evict_window and self.full_kv_layers(num_layers) and os.environ.get(MIXED_EVICTION_ENV) != "1":
-            raise ValueError(MIXED_EVICTION_REFUSAL.format(layers=layer_ranges(self.full_kv_layers(num_layers))))
         if context_length is not None and self.keep_first > context_length:
             raise ValueError(
                 f"keep_first: {self.keep_first} sink tokens exceed the context length {context_length}; "
@@ -457,16 +454,6 @@ class SWAAConfig:
         if evict_window is not None:
             fields["evict_window"] = parse_on_off("evict_window", evict_window)
         return cls(**fields)
-
-
-# Window eviction beside full-KV layers (full attention, or FA decode) is refused until its GPU exactness
-# test passes (docs/design/eviction.md, "Mixed layouts"); that test sets MIXED_EVICTION_ENV=1.
-MIXED_EVICTION_ENV = "SWAA_MIXED_EVICTION"
-MIXED_EVICTION_REFUSAL = (
-    "evict_window: layers {layers} keep full KV (full attention or FA decode) beside windowed layers; window "
-    "eviction is supported only where every layer is windowed (this mix is not verified on GPUs yet). "
-    "Allowed: evict_window off (--swaa-evict-window off; the default for this layout), or every layer windowed"
-)
 
 
 def layer_ranges(ids: list[int]) -> str:

@@ -71,7 +71,7 @@ def test_a_setting_selects_the_same_backend_as_engine_kwargs_and_as_flags():
         parser = argparse.ArgumentParser()
         add_swaa_args(parser)
         assert config_from_args(parser.parse_args(common.server_flags(setting))) == engine_config, setting
-        # a bare preset leaves the decision to the server (on where every layer is windowed)
+        # a bare preset leaves the decision to the server (on where a layer is windowed)
         assert engine_config.evict_window is {"+evict": True, "+noevict": False}.get(setting[setting.find("+"):]
                                                                                     if "+" in setting else "")
     assert common.engine_kwargs("vanilla") == {"attention_backend": "flashinfer"}

@@ -51,39 +51,36 @@ def test_evict_window_field():
         (SWAAConfig(2048), 36, True),  # window-2k
         (SWAAConfig(2048, 100, force_fa_decode=True), 36, False),  # fa-decode-2k: nothing windowed
         (SWAAConfig(2048, 100, force_fa_decode=True, non_sliding_layers="odd"), 36, False),  # balanced
-        (SWAAConfig(2048, 100, force_fa_decode="odd"), 36, False),  # even layers windowed, odd FA decode: a mix
+        (SWAAConfig(2048, 100, force_fa_decode="odd"), 36, True),  # even layers windowed beside odd FA decode
         (SWAAConfig(2048, 100, non_sliding_layers=[0, 1]), 2, False),  # every layer full
-        (SWAAConfig(2048, 100, non_sliding_layers=[0, 1]), 3, False),  # layer 2 windowed beside full ones: a mix
-        (SWAAConfig(2048, 100, non_sliding_layers="odd"), 36, False),  # sw+sink+odd, the calibrator's kind: a mix
+        (SWAAConfig(2048, 100, non_sliding_layers=[0, 1]), 3, True),  # layer 2 windowed beside full ones
+        (SWAAConfig(2048, 100, non_sliding_layers="odd"), 36, True),  # sw+sink+odd, the calibrator's kind
         (SWAAConfig(None), 36, False),  # full attention
         (SWAAConfig(2048, 100, evict_window=False), 36, False),  # the user's choice stands
     ],
 )
-def test_eviction_default_is_on_exactly_where_every_layer_is_windowed(config, num_layers, on):
+def test_eviction_default_is_on_exactly_where_a_layer_is_windowed(config, num_layers, on):
     decided = config.with_eviction_resolved(num_layers)
     assert decided.evict_window is on
-    assert len(decided.windowed_layers(num_layers)) == num_layers or not on
+    assert bool(decided.windowed_layers(num_layers)) is on or config.evict_window is False
     decided.validate(num_layers)  # a decided default is always servable
     assert decided.with_eviction_resolved(num_layers) == decided  # deciding twice changes nothing
     assert SWAAConfig.from_dict(decided.to_dict()) == decided  # the decision travels in the override
 
 
-@pytest.mark.parametrize("config, layers", [
-    (SWAAConfig(2048, 100, non_sliding_layers="odd", evict_window=True), "1,3,5,7"),
-    (SWAAConfig(2048, 100, force_fa_decode=[0, 1], evict_window=True), "0-1"),
-    (SWAAConfig(2048, 100, non_sliding_layers=[7], evict_window=True), "7"),
+@pytest.mark.parametrize("config, windowed", [
+    (SWAAConfig(2048, 100, non_sliding_layers="odd"), [0, 2, 4, 6]),
+    (SWAAConfig(2048, 100, force_fa_decode=[0, 1]), [2, 3, 4, 5, 6, 7]),
+    (SWAAConfig(2048, 100, non_sliding_layers=[7]), [0, 1, 2, 3, 4, 5, 6]),
 ])
-def test_eviction_beside_full_kv_layers_is_refused_naming_them_and_the_way_out(config, layers, monkeypatch):
-    """Mixed layouts with eviction are not verified on GPUs; asked for explicitly, they are refused (naming
-    the full-KV layers and the allowed choices), unless the GPU exactness test's switch is set."""
-    monkeypatch.delenv("SWAA_MIXED_EVICTION", raising=False)
-    with pytest.raises(ValueError, match=rf"^evict_window: layers {layers} keep full KV .* Allowed: evict_window off"):
-        config.validate(8)
-    monkeypatch.setenv("SWAA_MIXED_EVICTION", "1")
-    assert config.validate(8).evict_window is True
-    monkeypatch.delenv("SWAA_MIXED_EVICTION")
+def test_eviction_beside_full_kv_layers_puts_only_windowed_layers_in_the_swa_pool(config, windowed):
+    """Full and FA-decode layers beside windowed ones: eviction is on by default and when asked for, and
+    SGLang's layer pattern puts exactly the windowed layers in the SWA pool (the rest keep all their KV)."""
+    for asked in (None, True):
+        decided = replace(config, evict_window=asked).with_eviction_resolved(8).validate(8)
+        assert decided.evict_window is True
+        assert hybrid_layer_pattern(decided, 8) == [int(i in windowed) for i in range(8)]
     assert replace(config, evict_window=False).validate(8).evict_window is False
-    assert replace(config, evict_window=None).with_eviction_resolved(8).evict_window is False
 
 
 def test_eviction_default_refuses_a_window_of_one():
@@ -120,6 +117,7 @@ def test_evict_window_needs_a_windowed_layer():
     with pytest.raises(ValueError, match="evict_window: no layer is windowed"):
         SWAAConfig(64, non_sliding_layers="0-3", evict_window=True).validate(4)
     SWAAConfig(64, 4, evict_window=True).validate(4)  # every layer windowed
+    SWAAConfig(64, force_fa_decode="even", evict_window=True).validate(4)  # layers 1, 3 windowed
 
 
 def _parse(*argv):
@@ -270,11 +268,11 @@ def test_launcher_switches_the_hybrid_pool_on():
     assert out["ratio"] == pytest.approx(suggested_swa_full_tokens_ratio(64, 4, out["context_len"]))
     assert _prepare("--swaa-window", "64", "--swaa-keep-first", "4", "--swa-full-tokens-ratio", "0.25")[
         "ratio"] == 0.25  # the user's choice is kept
-    # FA decode on the odd layers: they keep all KV beside windowed ones, a mix eviction refuses
-    out = _prepare("--swaa-window", "64", "--swaa-fa-decode", "odd", "--swaa-evict-window", "on")
-    assert out["error"].startswith("evict_window: layers 1,3,5,7,9,11,13,15,17,19,21,23,25,27 keep full KV")
-    out = _prepare("--swaa-window", "64", "--swaa-fa-decode", "odd")  # by default: off, SGLang's own pool
-    assert out["cache"] is None and out["hybrid"] is False and out["override"]["swaa"]["evict_window"] is False
+    # FA decode on the odd layers: they keep all KV in the full pool, the even ones are evicted; on by default
+    out = _prepare("--swaa-window", "64", "--swaa-fa-decode", "odd")
+    assert _prepare("--swaa-window", "64", "--swaa-fa-decode", "odd", "--swaa-evict-window", "on") == out
+    assert out["cache"] == "swaa" and out["hybrid"] is True and out["override"]["swaa"]["evict_window"] is True
+    assert out["swa_layers"] == list(range(0, 28, 2)) and out["full_layers"] == list(range(1, 28, 2))
 
 
 @pytest.mark.slow
@@ -327,12 +325,13 @@ def test_plain_sglang_override_path():
         assert out["full"] == [27]  # every layer windowed: the last one's KV is kept whole (hybrid pool)
         assert out["override"]["hybrid_layer_pattern"] == [1] * 27 + [0]
         assert out["override"]["swaa"]["evict_window"] is True
-    # full layers beside windowed ones: refused when asked for, off by default
-    out, err = serve({"sliding_window_size": 32, "keep_first": 2, "non_sliding_layers": "every:7", "evict_window": True})
-    assert out is None and "evict_window: layers 0,7,14,21 keep full KV" in err
-    out, err = serve({"sliding_window_size": 32, "keep_first": 2, "non_sliding_layers": "every:7"})
-    assert out is not None, err[-3000:]
-    assert out["cache"] is None and out["hybrid"] is False and out["override"]["swaa"]["evict_window"] is False
+    # full layers beside windowed ones: they keep all KV, the windowed ones are evicted (asked for, and by default)
+    for explicit in ({"evict_window": True}, {}):
+        out, err = serve({"sliding_window_size": 32, "keep_first": 2, "non_sliding_layers": "every:7", **explicit})
+        assert out is not None, err[-3000:]
+        assert out["cache"] == "swaa" and out["hybrid"] is True and out["full"] == [0, 7, 14, 21]
+        assert out["override"]["hybrid_layer_pattern"] == [0 if i % 7 == 0 else 1 for i in range(28)]
+        assert out["override"]["swaa"]["evict_window"] is True
 
 
 @pytest.mark.slow

@@ -181,11 +181,9 @@ def test_radix_cache_eviction_batched_with_cuda_graphs(tmp_path, page):
 
 
 @pytest.mark.parametrize("page", [1, 16])
-def test_mixed_layout_eviction_reuses_prefixes_exactly(tmp_path, page, monkeypatch):
+def test_mixed_layout_eviction_reuses_prefixes_exactly(tmp_path, page):
     """Full layers (the odd ones, SGLang's stock path) beside windowed layers with eviction on: radix
-    hits and chunked prefill, CUDA graphs on, op check on every layer's eager calls. Window eviction
-    refuses this mix unless SWAA_MIXED_EVICTION=1 (the switch this test exists to retire)."""
-    monkeypatch.setenv("SWAA_MIXED_EVICTION", "1")  # read by SWAAConfig.validate in every process
+    hits and chunked prefill, CUDA graphs on, op check on every layer's eager calls."""
     log = tmp_path / "opcheck.jsonl"
     odd = range(1, 28, 2)
     on, info = _run(True, batched=False, op_check=log, page_size=page, full_layers=odd)

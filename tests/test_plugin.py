@@ -114,13 +114,13 @@ def _prepare(*argv: str) -> dict:
 def test_every_swaa_flag_reaches_the_config_the_workers_get():
     """Each --swaa-* flag of the launcher lands in its SWAA field of the override SGLang hands every worker."""
     out = _prepare("--swaa-window", "96", "--swaa-keep-first", "5", "--swaa-fa-decode", "odd",
-                   "--swaa-full-layers", "0,1", "--swaa-evict-window", "off")
+                   "--swaa-full-layers", "0,1", "--swaa-evict-window", "on")
     assert out["backend"] == "swaa"
     got = SWAAConfig.from_dict(json.loads(out["override"])["swaa"])
-    assert got == SWAAConfig(96, 5, force_fa_decode="odd", non_sliding_layers=[0, 1], evict_window=False)
-    # eviction's flag reaches it too (on, where every layer is windowed)
-    out = _prepare("--swaa-window", "96", "--swaa-keep-first", "5", "--swaa-evict-window", "on")
-    assert SWAAConfig.from_dict(json.loads(out["override"])["swaa"]) == SWAAConfig(96, 5, evict_window=True)
+    assert got == SWAAConfig(96, 5, force_fa_decode="odd", non_sliding_layers=[0, 1], evict_window=True)
+    # eviction's flag reaches it both ways (off, where it would be on by default)
+    out = _prepare("--swaa-window", "96", "--swaa-keep-first", "5", "--swaa-evict-window", "off")
+    assert SWAAConfig.from_dict(json.loads(out["override"])["swaa"]) == SWAAConfig(96, 5, evict_window=False)
 
 
 @pytest.mark.slow

@@ -58,7 +58,7 @@ def facts_from_model_config(mc: Any, sliding_window: Optional[int] = None,
 
 PHASES = ("prefill_attention_backend", "decode_attention_backend")
 # how refusals that depend on window eviction name it (it is on by default, so the user may not have asked)
-EVICTION_IS = "evict_window, on by default where every layer is windowed"
+EVICTION_IS = "evict_window, on by default where a layer is windowed"
 OFF_HINT = "or turn window eviction off (--swaa-evict-window off, \"evict_window\": false)"
 
 
@@ -138,8 +138,8 @@ def check_eviction_args(server_args: Any, config: SWAAConfig) -> SWAAConfig:
     elif cache == EVICTION_CACHE:
         raise ValueError(
             f"radix_cache_backend: '{EVICTION_CACHE}' is SWAA's window-eviction cache, and window eviction is off "
-            "for this config (set off, or not every layer is windowed); leave --radix-cache-backend unset, or turn "
-            "evict_window on for a config whose every layer is windowed"
+            "for this config (set off, or no layer is windowed); leave --radix-cache-backend unset, or turn "
+            "evict_window on for a config with a windowed layer (sliding, no FA decode)"
         )
     else:
         carried = _hybrid_keys_in(_get(server_args, "json_model_override_args"))

@@ -177,7 +177,7 @@ def _radix_cache_factory(ctx):
     if config is None or not eviction_on(config):
         raise ValueError(
             f"radix_cache_backend: '{RADIX_CACHE_NAME}' is SWAA's window-eviction cache; it needs a SWAA config "
-            "with window eviction on (the default where every layer is windowed; \"evict_window\": true)"
+            "with window eviction on (the default where a layer is windowed; \"evict_window\": true)"
         )
     cache = make_radix_cache_factory(config.keep_first)(ctx)
     alloc = ctx.params.token_to_kv_pool_allocator

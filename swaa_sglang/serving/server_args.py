@@ -53,8 +53,8 @@ def _config_from_data(data: dict[str, Any]) -> Optional[SWAAConfig]:
 def eviction_on(config: SWAAConfig) -> bool:
     """Whether window eviction is on, for a config as the server runs it.
 
-    The launching process decides the default (``evict_window`` unset: on where every layer
-    is windowed) once it knows the layer count, and writes the decision into
+    The launching process decides the default (``evict_window`` unset: on where a layer is
+    windowed) once it knows the layer count, and writes the decision into
     ``json_model_override_args`` before any worker starts. An undecided config here means that
     step did not run; guessing would let the pool and the sink floor disagree, so it is refused.
     """

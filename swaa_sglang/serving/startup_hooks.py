@@ -58,21 +58,23 @@ def _prepare_server_args(server_args) -> None:
                                trust_remote_code=bool(getattr(server_args, "trust_remote_code", False)),
                                revision=getattr(server_args, "revision", None))
     config = check_model_config(config, hf_config, getattr(server_args, "context_length", None))
+    num_layers = num_layers_of(hf_config)
     if config.evict_window is None:
-        # The default (on where every layer is windowed) depends on the layer count, known here: decide it
+        # The default (on where a layer is windowed) depends on the layer count, known here: decide it
         # once and write it into the override, so that every worker process receives the decision.
-        num_layers = num_layers_of(hf_config)
         config = config.with_eviction_resolved(num_layers)
         server_args.json_model_override_args = with_config(server_args.json_model_override_args, config)
-        if not config.evict_window and not config.windowed_layers(num_layers):
+        if not config.evict_window:
             logger.info("swaa: window eviction off: no layer is windowed (each of the %d layers is full or decodes "
                         "with full attention), so every layer keeps all of its KV", num_layers)
-        elif not config.evict_window:
-            logger.info("swaa: window eviction off: layers %s keep full KV (full attention or FA decode) beside "
-                        "windowed layers, a mix window eviction is not verified for; every layer keeps all of its KV",
-                        layer_ranges(config.full_kv_layers(num_layers)))
     elif not config.evict_window:
         logger.info("swaa: window eviction off (evict_window false): every layer keeps all of its KV")
+    if config.evict_window:
+        # where the KV lives (hybrid_layer_pattern: with every layer windowed, the last is in the full pool)
+        pattern = hybrid_layer_pattern(config, num_layers)
+        logger.info("swaa: window eviction on: layers %s keep sinks + window in the SWA pool; layers %s keep all "
+                    "their KV in the full pool", layer_ranges([i for i, p in enumerate(pattern) if p]),
+                    layer_ranges([i for i, p in enumerate(pattern) if not p]))
     check_eviction_args(server_args, config)
     if config.evict_window:
         chosen = getattr(server_args, "radix_cache_backend", None)
