@@ -15,7 +15,13 @@ list full attention first: a cell where full attention fails says nothing about 
   the tasks and its fully correct count with a Wilson 95% interval.
 * ``--hf FILE``: per setting present in both, how many samples (same task, length, index: the
   same prompt) the HF reference and the server scored alike and answered with the same text.
+* ``--paired REF``: after the comparison, each compared setting against REF on the samples both
+  answered at that length (the same prompts): mean score difference, wins (the setting fully correct
+  where REF is not), losses (the reverse) and the exact two-sided sign test (McNemar) on them.
 * ``--exclude NAME=REASON``: a setting left out of the tables and the chart, with the reason printed.
+  ``--exclude NAME@FILE=REASON`` (FILE: an input's base name) leaves out only that file's records of
+  NAME, before merging, so a rerun of the same samples can replace an invalid run; the HF agreement
+  still shows the left-out records, on a row of their own.
 * ``--speed FILE`` (bench_e2e.py JSONs): each setting's 128K TTFT speed-up over vanilla, for the
   chart (x: speed-up, y: mean score at ``--compare-length``). ``--speed-as NAME=PRESET`` plots a
   setting at a measured preset's speed (for example the even-layers twin of ``balanced``: the
@@ -27,7 +33,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from math import comb
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +59,17 @@ def _machine(info: dict[str, Any]) -> str:
     return str(info.get("gpu") or info.get("cuda") or info.get("cpu") or "machine not recorded")
 
 
-def load(paths: Sequence[str]) -> dict[str, Any]:
-    """The merged results: records, the settings' descriptions and configs in first-seen order, provenance."""
-    merged: dict[str, Any] = {"records": [], "settings": {}, "sources": []}
+def load(paths: Sequence[str], drop: Collection[tuple[str, str]] = ()) -> dict[str, Any]:
+    """The merged results: records, the settings' descriptions and configs in first-seen order, provenance.
+
+    ``drop`` holds (file base name, setting) pairs whose records are set aside before merging (into
+    ``merged["dropped"]``, each tagged with ``left_out_from``), so they neither clash with a rerun of
+    the same samples nor lend that setting their description."""
+    merged: dict[str, Any] = {"records": [], "settings": {}, "sources": [], "dropped": []}
+    dropped_settings: dict[str, Any] = {}
     task_key = None
     for path in paths:
+        file = Path(path).name
         data = read_json(path)
         key = {**{k: data["task"].get(k) for k in ("seed", "split", "essays_sha256")},
                "model": Path(str(data.get("runner", {}).get("model_path", ""))).name}
@@ -66,16 +79,21 @@ def load(paths: Sequence[str]) -> dict[str, Any]:
         task_key = key
         for settings in data.get("settings", {}).values():
             for s in settings:
-                merged["settings"].setdefault(s["name"], s)
+                (dropped_settings if (file, s["name"]) in drop else merged["settings"]).setdefault(s["name"], s)
+        records = [r for r in data["records"] if (file, r["setting"]) not in drop]
+        merged["dropped"] += [{**r, "left_out_from": file} for r in data["records"] if (file, r["setting"]) in drop]
         seen = {(r["setting"], r["task"], r["length"], r["index"]) for r in merged["records"]}
-        twice = [k for k in ((r["setting"], r["task"], r["length"], r["index"]) for r in data["records"]) if k in seen]
+        twice = [k for k in ((r["setting"], r["task"], r["length"], r["index"]) for r in records) if k in seen]
         if twice:
             raise SystemExit(f"{path}: sample {twice[0]} (setting, task, length, index) is also in an earlier file; "
-                             "runs merge only over distinct samples (quality_ruler.py --first-index)")
-        merged["records"] += data["records"]
+                             "runs merge only over distinct samples (quality_ruler.py --first-index; "
+                             "or --exclude NAME@FILE=REASON to replace an invalid run)")
+        merged["records"] += records
         merged["sources"].append({"file": Path(path).name, "date": data.get("date"), "command": data.get("command"),
                                   "machine": _machine(data.get("machine") or {}),
                                   "elapsed_seconds": data.get("elapsed_seconds")})
+    for name, s in dropped_settings.items():  # only in left-out records: still named, for the HF agreement
+        merged["settings"].setdefault(name, s)
     windows = sorted({r["window"] for r in merged["records"]})
     if len(windows) > 1:
         raise SystemExit(f"results: windows {windows}; the tables hold one window (SWAA settings built at W, "
@@ -157,26 +175,76 @@ def compare_table(rows: Sequence[dict[str, Any]], length: int) -> str:
 
 
 def hf_agreement(merged: dict[str, Any], hf: dict[str, Any]) -> str:
-    """Per setting in both runs: samples scored alike and answered with the same text (same prompt)."""
+    """Per setting in both runs: samples scored alike and answered with the same text (same prompt).
+    Records left out of one file (``left_out_from``) get a row of their own: a rerun of the same
+    samples may sit beside them, and their agreement may be why they were left out."""
     def key(r):
         return (r["setting"], r["task"], r["length"], r["index"])
 
-    ours = {key(r): r for r in merged["records"]}
-    pairs: dict[str, list[tuple[dict, dict]]] = {}
+    ours: dict[tuple, list[dict]] = {}
+    for r in merged["records"]:
+        ours.setdefault(key(r), []).append(r)
+    pairs: dict[tuple[str, str], list[tuple[dict, dict]]] = {}  # {(setting, file left out from or ""): pairs}
     for r in hf["records"]:
-        if key(r) in ours:
-            if r.get("prompt_sha256") != ours[key(r)].get("prompt_sha256"):
+        for o in ours.get(key(r), []):
+            if r.get("prompt_sha256") != o.get("prompt_sha256"):
                 raise SystemExit(f"--hf: sample {key(r)} has another prompt there; only runs of the same samples compare")
-            pairs.setdefault(r["setting"], []).append((ours[key(r)], r))
+            pairs.setdefault((r["setting"], o.get("left_out_from", "")), []).append((o, r))
     if not pairs:
         raise SystemExit("--hf: no sample of that run is in these results (same setting, task, length, index)")
     lines = ["| setting | samples | same score | same text | server mean | HF mean |", "|---|---|---|---|---|---|"]
-    for name in order_settings(list(pairs), list(merged["settings"])):
-        ps = pairs[name]
+    rank = {n: i for i, n in enumerate(order_settings({n for n, _ in pairs}, list(merged["settings"])))}
+    for name, file in sorted(pairs, key=lambda k: (rank[k[0]], k[1])):  # kept records before left-out ones
+        ps = pairs[name, file]
         same_score = sum(a["score"] == b["score"] for a, b in ps)
         same_text = sum(a["answer"].strip() == b["answer"].strip() for a, b in ps)
-        lines.append(f"| `{name}` | {len(ps)} | {same_score} | {same_text} | "
+        label = f"`{name}`" + (f" (left out from `{file}`)" if file else "")
+        lines.append(f"| {label} | {len(ps)} | {same_score} | {same_text} | "
                      f"{sum(a['score'] for a, _ in ps) / len(ps):.2f} | {sum(b['score'] for _, b in ps) / len(ps):.2f} |")
+    return "\n".join(lines)
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Exact two-sided sign test (McNemar's exact binomial test) on the discordant pairs."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(comb(n, k) for k in range(min(wins, losses) + 1)) / 2 ** n)
+
+
+def paired_rows(merged: dict[str, Any], ref: str, names: Sequence[str], length: int) -> list[dict[str, Any]]:
+    """Each setting in ``names`` (but REF) against REF at one length, over the samples both answered
+    (same task, length, index: the same prompt): n, mean score difference, wins, losses, sign-test p."""
+    def at(name: str) -> dict[tuple[str, int], float]:
+        return {(r["task"], r["index"]): r["score"] for r in merged["records"]
+                if r["setting"] == name and r["length"] == length}
+
+    base = at(ref)
+    if not base:
+        present = sorted({r["setting"] for r in merged["records"] if r["length"] == length})
+        raise SystemExit(f"--paired: no records for setting {ref!r} at length {length}; "
+                         f"settings present there: {', '.join(present)}")
+    rows = []
+    for name in names:
+        if name == ref:
+            continue
+        ours = at(name)
+        both = [k for k in ours if k in base]
+        wins = sum(1 for k in both if ours[k] == 1.0 and base[k] != 1.0)
+        losses = sum(1 for k in both if base[k] == 1.0 and ours[k] != 1.0)
+        rows.append({"setting": name, "n": len(both), "wins": wins, "losses": losses, "p": sign_test(wins, losses),
+                     "mean_diff": sum(ours[k] - base[k] for k in both) / len(both) if both else None})
+    return rows
+
+
+def paired_table(rows: Sequence[dict[str, Any]], ref: str, length: int) -> str:
+    lines = [f"Paired against `{ref}` at {_k(length)} (the samples both answered; wins: fully correct where "
+             f"`{ref}` is not, losses: the reverse; p: exact two-sided sign test on wins against losses):", "",
+             "| setting | samples | mean difference | wins | losses | p |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        diff = "-" if r["mean_diff"] is None else f"{r['mean_diff']:+.3f}"
+        p = f"{r['p']:.3f}" if r["p"] >= 0.001 else f"{r['p']:.1e}"
+        lines.append(f"| `{r['setting']}` | {r['n']} | {diff} | {r['wins']} | {r['losses']} | {p} |")
     return "\n".join(lines)
 
 
@@ -210,8 +278,10 @@ def plot(rows: Sequence[dict[str, Any]], speed: dict[str, float], speed_as: dict
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     missing = []
+    placed: dict[float, int] = {}  # settings already at (about) this speed-up
+    markers = "osD^vP*Xh<>p"
     for i, r in enumerate(rows):
         name = r["setting"]
         e2e = speed_as.get(name, E2E_NAME.get(name, name))
@@ -220,12 +290,15 @@ def plot(rows: Sequence[dict[str, Any]], speed: dict[str, float], speed_as: dict
             continue
         lo, hi = r["wilson95"]
         frac = r["all_correct"] / r["n"]
-        x = speed[e2e]
-        ax.errorbar([x], [frac], yerr=[[frac - lo], [hi - frac]], fmt="o", capsize=3,
-                    mfc="white" if name in speed_as else None)
-        label = name + (f" (speed of {e2e})" if name in speed_as else "")
-        # neighbouring settings often share a speed-up: alternate the label height
-        ax.annotate(label, (x, frac), textcoords="offset points", xytext=(6, 4 + 9 * (i % 2)), fontsize=8)
+        # settings at nearly one speed-up (the same full-layer count) would hide each other's
+        # intervals: spread them sideways a little, and name every point in the legend
+        key = round(speed[e2e] * 5) / 5
+        x = speed[e2e] + 0.07 * placed.get(key, 0)
+        placed[key] = placed.get(key, 0) + 1
+        label = name + (f" (at {e2e}'s speed)" if name in speed_as else "")
+        ax.errorbar([x], [frac], yerr=[[frac - lo], [hi - frac]], fmt=markers[i % len(markers)], capsize=3,
+                    mfc="white" if name in speed_as else None, label=label)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.set_xlabel("TTFT speed-up over vanilla SGLang at 128K (Qwen3-4B shape, H200)")
     ax.set_ylabel(f"fully correct at {_k(length)} (all tasks, Wilson 95%)")
     ax.set_ylim(-0.03, 1.05)
@@ -250,21 +323,43 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--speed", action="append", default=[], help="bench_e2e.py JSON with 128K TTFT rows (repeatable)")
     p.add_argument("--speed-as", action="append", default=[], metavar="NAME=PRESET",
                    help="plot NAME at PRESET's measured speed (repeatable)")
-    p.add_argument("--exclude", action="append", default=[], metavar="NAME=REASON",
-                   help="leave a setting's records out of every table and the chart, saying why (repeatable)")
+    p.add_argument("--paired", metavar="REF",
+                   help="after the comparison, a paired table of each compared setting against REF on the same "
+                   "samples: mean difference, wins, losses, exact sign-test p")
+    p.add_argument("--exclude", action="append", default=[], metavar="NAME[@FILE]=REASON",
+                   help="leave a setting's records out of every table and the chart, saying why; with @FILE (an "
+                   "input's base name) only that file's records, before merging (repeatable)")
     p.add_argument("--title", default="RULER-style tasks: quality against speed")
     args = p.parse_args(argv)
-    merged = load(args.results)
-    excluded = {}
+    files = [Path(x).name for x in args.results]
+    excluded: dict[str, str] = {}
+    excluded_in: dict[tuple[str, str], str] = {}  # {(file base name, setting): reason}
     for item in args.exclude:
-        name, sep, reason = item.partition("=")
-        if not sep or not name or not reason:
-            p.error(f"--exclude: expected NAME=REASON; got {item!r}")
-        if not any(r["setting"] == name for r in merged["records"]):
+        target, sep, reason = item.partition("=")
+        name, at, file = target.partition("@")
+        if not sep or not name or not reason or (at and not file):
+            p.error(f"--exclude: expected NAME=REASON or NAME@FILE=REASON; got {item!r}")
+        if not at:
+            excluded[name] = reason
+            continue
+        if file not in files:
+            p.error(f"--exclude: {file!r} is not an input file; allowed: {', '.join(files)}")
+        if files.count(file) > 1:
+            p.error(f"--exclude: {file!r} names {files.count(file)} input files; give them distinct base names")
+        excluded_in[file, name] = reason
+    # checked before merging: a mistyped NAME would otherwise surface as the rerun's duplicate samples
+    for file in dict.fromkeys(f for f, _ in excluded_in):
+        there = {r["setting"] for r in read_json(args.results[files.index(file)])["records"]}
+        for name in [n for f, n in excluded_in if f == file and n not in there]:
+            p.error(f"--exclude: no records for setting {name!r} in {file}; settings there: {', '.join(sorted(there))}")
+    # left out per file before merging: a rerun of those samples may replace them
+    merged = load(args.results, drop=excluded_in)
+    for name in excluded:
+        if not any(r["setting"] == name for r in [*merged["records"], *merged["dropped"]]):
             p.error(f"--exclude: no records for setting {name!r}")
-        excluded[name] = reason
-    every_record = merged["records"]  # the HF agreement covers excluded settings too: it may be why
-    merged["records"] = [r for r in every_record if r["setting"] not in excluded]
+    # the HF agreement covers excluded settings and left-out records too: it may be why
+    every_record = merged["records"] + merged["dropped"]
+    merged["records"] = [r for r in merged["records"] if r["setting"] not in excluded]
     lengths = sorted({r["length"] for r in merged["records"]})
     length = args.compare_length or lengths[-1]
     if length not in lengths:
@@ -279,8 +374,12 @@ def main(argv: list[str] | None = None) -> int:
         speed_as[name] = preset
     parts = ["Sources: " + "; ".join(f"`{s['file']}` ({s['date']}, {s['machine']})" for s in merged["sources"]),
              task_tables(merged), compare_table(compare_rows(merged, names, length), length)]
-    if excluded:
-        parts.insert(1, "Left out: " + "; ".join(f"`{n}` ({why})" for n, why in excluded.items()))
+    if args.paired:
+        parts.append(paired_table(paired_rows(merged, args.paired, names, length), args.paired, length))
+    if excluded or excluded_in:
+        parts.insert(1, "Left out: " + "; ".join(
+            [f"`{n}` ({why})" for n, why in excluded.items()]
+            + [f"`{n}` from `{file}` ({why})" for (file, n), why in excluded_in.items()]))
     if args.hf:
         parts.append("Agreement with the HF reference (same prompts):\n\n"
                      + hf_agreement({**merged, "records": every_record},

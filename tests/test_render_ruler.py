@@ -149,3 +149,78 @@ def test_speedups_prefer_the_bare_preset_and_skip_other_chunk_sizes(tmp_path):
         {"setting": "sink100-2k", "single": [{"prompt_tokens": 131072, "ttft_s": 3.0}]},
         {"setting": "balanced+chunk32768", "single": [{"prompt_tokens": 131072, "ttft_s": 1.0}]}]}))
     assert rr.speedups([str(e2e)]) == {"vanilla": 1.0, "sink100-2k": 4.0}
+
+
+@pytest.fixture
+def rerun(tmp_path, two_lanes):
+    """Lane b's ``balanced`` run again on the same samples, in a later file, all fully correct."""
+    c = _result(tmp_path / "ruler_x_c_h200.json.gz", ["balanced"],
+                [_rec("balanced", t, n, i, 1.0) for t in ("vt", "cwe") for n in (4096, 32768) for i in range(4)])
+    return (*two_lanes, c)
+
+
+def test_exclude_per_file_lets_a_rerun_replace_an_invalid_run(tmp_path, rerun):
+    md = tmp_path / "r.md"
+    with pytest.raises(SystemExit, match="also in an earlier file"):
+        rr.main([*map(str, rerun), "--md", str(md)])
+    hf = tmp_path / "hf.json"
+    hf.write_text(json.dumps({"records": [_rec("balanced", "vt", 4096, 3, 0.0)]}))
+    assert rr.main([*map(str, rerun), "--exclude", "balanced@b.json=served wrongly", "--hf", str(hf),
+                    "--md", str(md)]) == 0
+    text = md.read_text()
+    assert "Left out: `balanced` from `b.json` (served wrongly)" in text
+    assert "| `balanced` | 1.00 (8/8) | 1.00 (8/8) |" in text.split("**mean over tasks**")[1]  # the rerun's only
+    # the HF reference meets both runs of that sample: the rerun's row and the left-out one
+    assert "| `balanced` | 1 | 0 | 1 | 1.00 | 0.00 |" in text
+    assert "| `balanced` (left out from `b.json`) | 1 | 1 | 1 | 0.00 | 0.00 |" in text
+    merged = rr.load([str(p) for p in rerun], drop={("b.json", "balanced")})
+    assert len(merged["dropped"]) == 16 and {r["left_out_from"] for r in merged["dropped"]} == {"b.json"}
+    # the plain form still leaves the setting out of every file
+    assert rr.main([*map(str, rerun), "--exclude", "balanced@b.json=served wrongly", "--exclude", "balanced=all",
+                    "--md", str(md)]) == 0
+    assert "| `balanced` |" not in md.read_text()
+
+
+def test_exclude_per_file_names_the_flag_on_bad_file_or_setting(capsys, rerun):
+    with pytest.raises(SystemExit):
+        rr.main([*map(str, rerun), "--exclude", "balanced@nope.json=x"])
+    err = capsys.readouterr().err
+    assert "--exclude: 'nope.json' is not an input file; allowed: a.json, b.json, ruler_x_c_h200.json.gz" in err
+    with pytest.raises(SystemExit):
+        rr.main([*map(str, rerun), "--exclude", "full@b.json=x"])
+    err = capsys.readouterr().err
+    assert "--exclude: no records for setting 'full' in b.json; settings there: balanced" in err
+    with pytest.raises(SystemExit):
+        rr.main([*map(str, rerun), "--exclude", "balanced@=x"])
+    assert "--exclude: expected NAME=REASON or NAME@FILE=REASON" in capsys.readouterr().err
+
+
+def test_sign_test_p_values():
+    assert rr.sign_test(6, 0) == rr.sign_test(0, 6) == 2 / 64
+    assert rr.sign_test(3, 3) == rr.sign_test(0, 0) == rr.sign_test(1, 0) == 1.0
+    assert rr.sign_test(8, 2) == pytest.approx(2 * (1 + 10 + 45) / 1024)  # 0.109375
+
+
+def test_paired_counts_wins_and_losses_on_shared_samples(tmp_path):
+    ref = [1.0, 1.0, 0.0, 0.0, 0.5, 1.0, 0.0, 0.0, 0.0, 0.0]
+    new = [1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]  # 6 wins (2, 4, 6-9), 1 loss (1)
+    a = _result(tmp_path / "a.json", ["full", "balanced", "sink100-2k"],
+                [_rec("full", "vt", 4096, i, x) for i, x in enumerate(ref)]
+                + [_rec("balanced", "vt", 4096, i, x) for i, x in enumerate(new)]
+                + [_rec("balanced", "vt", 4096, 99, 1.0)]  # not answered by full: not paired
+                + [_rec("sink100-2k", "vt", 4096, i, x) for i, x in enumerate(ref[:4])])
+    merged = rr.load([str(a)])
+    rows = rr.paired_rows(merged, "full", ["full", "balanced", "sink100-2k"], 4096)
+    assert [r["setting"] for r in rows] == ["balanced", "sink100-2k"]
+    assert (rows[0]["n"], rows[0]["wins"], rows[0]["losses"]) == (10, 6, 1)
+    assert rows[0]["mean_diff"] == pytest.approx((sum(new) - sum(ref)) / 10)
+    assert rows[0]["p"] == pytest.approx(2 * (1 + 7) / 128)  # 0.125
+    assert (rows[1]["n"], rows[1]["wins"], rows[1]["losses"], rows[1]["p"], rows[1]["mean_diff"]) == (4, 0, 0, 1.0, 0.0)
+    md = tmp_path / "r.md"
+    assert rr.main([str(a), "--paired", "full", "--md", str(md)]) == 0
+    text = md.read_text()
+    assert "Paired against `full` at 4K" in text
+    assert "| `balanced` | 10 | +0.450 | 6 | 1 | 0.125 |" in text
+    with pytest.raises(SystemExit, match="--paired: no records for setting 'even' at length 4096; "
+                                         "settings present there: balanced, full, sink100-2k"):
+        rr.paired_rows(merged, "even", ["balanced"], 4096)
