@@ -28,6 +28,8 @@ try:  # the policy above must stay importable without SGLang
     from sglang.srt.mem_cache.base_prefix_cache import (
         DecLockRefParams,
         DecLockRefResult,
+        EvictParams,
+        EvictResult,
         IncLockRefResult,
         InsertParams,
         InsertResult,
@@ -198,6 +200,51 @@ class SWAASinkRadixCache(SWARadixCache):  # type: ignore[misc,valid-type]
                 return value, (n.parent if idx > 0 else self.root_node), idx
             start += len(n.value)
         return value, best_node, best_len
+
+    # -- SWA eviction: sinks last ---------------------------------------------------------
+    def _idle_sink_nodes(self) -> list:
+        """Live nodes starting below ``K`` that no request SWA-locks."""
+        out, stack = [], [(c, 0) for c in self.root_node.children.values()]
+        while stack:
+            n, start = stack.pop()
+            if start >= self.sink_len:
+                continue
+            if not n.swa_tombstone and n.swa_lock_ref == 0:
+                out.append(n)
+            stack.extend((c, start + len(n.value)) for c in n.children.values())
+        return out
+
+    def evict(self, params: EvictParams) -> EvictResult:
+        """SGLang's eviction, with the sinks of idle paths freed only when nothing else is left.
+
+        SGLang's SWA LRU frees the nodes nearest the root first, i.e. the sinks: 16 slots (at page
+        16) whose loss makes every hit through them 0 (``_match_prefix_helper``) while the rest of
+        the path keeps its SWA slots. Here the SWA pass runs with idle sinks held (SWA-locked, so
+        ``get_lru_no_lock`` skips them), then, if still short, once more without.
+        """
+        if self.disable or self.sink_len == 0 or params.swa_num_tokens <= 0:
+            return super().evict(params)
+        # full pass first, as SGLang does (a held sink leaf must not be deleted by it)
+        r = super().evict(EvictParams(num_tokens=params.num_tokens, swa_num_tokens=0))
+        full, swa = r.num_tokens_evicted, r.swa_num_tokens_evicted
+        if swa < params.swa_num_tokens:
+            held = self._idle_sink_nodes()
+            for n in held:
+                n.swa_lock_ref += 1
+                self.swa_evictable_size_ -= len(n.value)
+                self.swa_protected_size_ += len(n.value)
+            try:
+                r = super().evict(EvictParams(swa_num_tokens=params.swa_num_tokens - swa))
+            finally:
+                for n in held:  # a held node is never tombstoned nor deleted by the SWA pass
+                    n.swa_lock_ref -= 1
+                    self.swa_evictable_size_ += len(n.value)
+                    self.swa_protected_size_ -= len(n.value)
+            full, swa = full + r.num_tokens_evicted, swa + r.swa_num_tokens_evicted
+        if swa < params.swa_num_tokens:  # only sinks are left
+            r = super().evict(EvictParams(swa_num_tokens=params.swa_num_tokens - swa))
+            full, swa = full + r.num_tokens_evicted, swa + r.swa_num_tokens_evicted
+        return EvictResult(num_tokens_evicted=full, swa_num_tokens_evicted=swa)
 
     # -- locks: sinks are SWA-locked by every request whose path reaches them ------------
     def _sink_lock(self, node, delta: int) -> None:

@@ -823,8 +823,9 @@ def test_match_cuts_back_before_a_freed_sink(page):
     sink = sim.tc.root_node.children[RadixKey(tokens_a).child_key(page)]
     assert len(sink.value) == sim.K and not sink.swa_tombstone
     assert all(n.swa_tombstone for n in sink.children.values())
-    # SWA pressure with nothing running: SGLang evicts nodes nearest the root first.
-    sim.tc.evict(EvictParams(swa_num_tokens=1))
+    # SWA pressure in SGLang's own order (nodes nearest the root first), which our cache keeps for idle
+    # sinks only when nothing else is left: the state the cut-back below guards against.
+    SWARadixCache.evict(sim.tc, EvictParams(swa_num_tokens=1))
     sim.check_all()
     assert sink.swa_tombstone, "the scenario needs the sink node tombstoned"
 
@@ -838,6 +839,58 @@ def test_match_cuts_back_before_a_freed_sink(page):
     c = run(tokens_a + [7, 7], 2)
     assert c.hit == len(tokens_a) // page * page  # all of it (the tree holds whole pages)
     sim.release(c, is_insert=True)
+    sim.drain()
+
+
+@pytest.mark.parametrize("page", [1, 16, 64])
+def test_swa_pressure_frees_idle_sinks_last(page):
+    """Every hit through a cached path needs its sink node [0, K); SGLang's SWA LRU frees the nodes
+    nearest the root first, which would make two cached conversations unusable for the price of K
+    slots each. Our cache frees the other nodes first: under pressure no idle sink is tombstoned
+    while another node still holds SWA slots, the untouched conversation is still reused whole, and
+    the sinks go once nothing else is left."""
+    sim = Sim(0, window=4, keep_first=3, chunk=100, page=page, cache_prompt=0.0, follow_up=0.0)
+    n = 20 if page == 1 else 3 * page + 5
+
+    def run(prompt, decode_steps):
+        req = SimReq(sim.next_rid, prompt, 100, sim.K)
+        sim.next_rid += 1
+        assert sim.admit(req)  # checks the hit length against the oracle
+        while req.state == "prefill":
+            sim.prefill_step(req)
+            sim.check_all()
+        for _ in range(decode_steps):
+            sim.decode_step(req, iterations=1)
+            sim.check_all()
+        sim.release(req, is_insert=True)
+        sim.check_all()
+        return req
+
+    a = run([1 + j % 29 for j in range(n)], 8)  # two conversations, A the least recently used
+    b = run([31 + j % 29 for j in range(n)], 8)
+
+    def sinks():
+        return [sim.tc.root_node.children[RadixKey(r.tokens).child_key(page)] for r in (a, b)]
+
+    def live_non_sink_slots():
+        out, stack = 0, [(c, 0) for c in sim.tc.root_node.children.values()]
+        while stack:
+            node, start = stack.pop()
+            if start >= sim.K and not node.swa_tombstone:
+                out += len(node.value)
+            stack.extend((c, start + len(node.value)) for c in node.children.values())
+        return out
+
+    assert live_non_sink_slots() > 0 and not any(s.swa_tombstone for s in sinks())
+    freed = sim.tc.evict(EvictParams(swa_num_tokens=1)).swa_num_tokens_evicted
+    sim.check_all()
+    assert freed >= 1 and not any(s.swa_tombstone for s in sinks()), "an idle sink went first"
+    c = run(b.tokens + [7, 7], 0)  # B's conversation, untouched, is reused whole (its last token has no KV)
+    assert c.hit == (len(b.tokens) - 1) // page * page
+    # nothing but sinks left: they go too, and the pools are whole again
+    sim.tc.evict(EvictParams(swa_num_tokens=sim.tc.swa_evictable_size()))
+    sim.check_all()
+    assert live_non_sink_slots() == 0 and sim.tc.swa_evictable_size() == 0
     sim.drain()
 
 
