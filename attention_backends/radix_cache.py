@@ -217,9 +217,9 @@ class SWAASinkRadixCache(SWARadixCache):  # type: ignore[misc,valid-type]
     def evict(self, params: EvictParams) -> EvictResult:
         """SGLang's eviction, with the sinks of idle paths freed only when nothing else is left.
 
-        SGLang's SWA LRU frees the nodes nearest the root first, i.e. the sinks: 16 slots (at page
-        16) whose loss makes every hit through them 0 (``_match_prefix_helper``) while the rest of
-        the path keeps its SWA slots. Here the SWA pass runs with idle sinks held (SWA-locked, so
+        SGLang's SWA LRU frees the nodes nearest the root first, i.e. the sinks: K slots whose loss
+        makes every hit through them 0 (``_match_prefix_helper``) while the rest of the path keeps
+        its SWA slots. Here the SWA pass runs with idle sinks held (SWA-locked, so
         ``get_lru_no_lock`` skips them), then, if still short, once more without.
         """
         if self.disable or self.sink_len == 0 or params.swa_num_tokens <= 0:

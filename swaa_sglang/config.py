@@ -281,10 +281,6 @@ class SWAAConfig:
             return self
         return replace(self, evict_window=bool(self.windowed_layers(num_layers)))
 
-    def full_kv_layers(self, num_layers: int) -> list[int]:
-        """Layers that read all their KV when decoding: full layers and sliding layers with FA decode."""
-        return [i for i in range(num_layers) if not self.windowed_decode(i)]
-
     # -- the window in FlashInfer's and SGLang's terms ----------------------------------
     @property
     def sglang_window(self) -> int:

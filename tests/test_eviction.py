@@ -869,28 +869,35 @@ def test_swa_pressure_frees_idle_sinks_last(page):
     a = run([1 + j % 29 for j in range(n)], 8)  # two conversations, A the least recently used
     b = run([31 + j % 29 for j in range(n)], 8)
 
-    def sinks():
-        return [sim.tc.root_node.children[RadixKey(r.tokens).child_key(page)] for r in (a, b)]
-
-    def live_non_sink_slots():
-        out, stack = 0, [(c, 0) for c in sim.tc.root_node.children.values()]
+    def nodes():  # (node, start position) of every node in the tree
+        out, stack = [], [(c, 0) for c in sim.tc.root_node.children.values()]
         while stack:
             node, start = stack.pop()
-            if start >= sim.K and not node.swa_tombstone:
-                out += len(node.value)
+            out.append((node, start))
             stack.extend((c, start + len(node.value)) for c in node.children.values())
         return out
 
-    assert live_non_sink_slots() > 0 and not any(s.swa_tombstone for s in sinks())
+    def live_sinks() -> int:
+        return sum(1 for node, start in nodes() if start < sim.K and not node.swa_tombstone)
+
+    def live_non_sink_slots() -> int:
+        return sum(len(node.value) for node, start in nodes() if start >= sim.K and not node.swa_tombstone)
+
+    assert live_non_sink_slots() > 0 and live_sinks() == 2
     freed = sim.tc.evict(EvictParams(swa_num_tokens=1)).swa_num_tokens_evicted
     sim.check_all()
-    assert freed >= 1 and not any(s.swa_tombstone for s in sinks()), "an idle sink went first"
+    assert freed >= 1 and live_sinks() == 2, "an idle sink went first"
     c = run(b.tokens + [7, 7], 0)  # B's conversation, untouched, is reused whole (its last token has no KV)
     assert c.hit == (len(b.tokens) - 1) // page * page
-    # nothing but sinks left: they go too, and the pools are whole again
-    sim.tc.evict(EvictParams(swa_num_tokens=sim.tc.swa_evictable_size()))
+    # exactly what the other nodes hold: they all go, the sinks stay
+    rest = live_non_sink_slots()
+    assert sim.tc.evict(EvictParams(swa_num_tokens=rest)).swa_num_tokens_evicted == rest
     sim.check_all()
-    assert live_non_sink_slots() == 0 and sim.tc.swa_evictable_size() == 0
+    assert live_non_sink_slots() == 0 and live_sinks() == 2
+    # nothing but sinks left: one more slot takes a sink
+    sim.tc.evict(EvictParams(swa_num_tokens=1))
+    sim.check_all()
+    assert live_sinks() == 1
     sim.drain()
 
 

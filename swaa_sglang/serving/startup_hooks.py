@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from swaa_sglang.config import LayerSet, layer_ranges
+from swaa_sglang.config import LayerSet
 from swaa_sglang.model_support import check_model_config, num_layers_of, read_hf_config
 
 from . import seam
@@ -69,12 +69,6 @@ def _prepare_server_args(server_args) -> None:
                         "with full attention), so every layer keeps all of its KV", num_layers)
     elif not config.evict_window:
         logger.info("swaa: window eviction off (evict_window false): every layer keeps all of its KV")
-    if config.evict_window:
-        # where the KV lives (hybrid_layer_pattern: with every layer windowed, the last is in the full pool)
-        pattern = hybrid_layer_pattern(config, num_layers)
-        logger.info("swaa: window eviction on: layers %s keep sinks + window in the SWA pool; layers %s keep all "
-                    "their KV in the full pool", layer_ranges([i for i, p in enumerate(pattern) if p]),
-                    layer_ranges([i for i, p in enumerate(pattern) if not p]))
     check_eviction_args(server_args, config)
     if config.evict_window:
         chosen = getattr(server_args, "radix_cache_backend", None)
