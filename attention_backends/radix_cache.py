@@ -229,17 +229,11 @@ class SWAASinkRadixCache(SWARadixCache):  # type: ignore[misc,valid-type]
         full, swa = r.num_tokens_evicted, r.swa_num_tokens_evicted
         if swa < params.swa_num_tokens:
             held = self._idle_sink_nodes()
-            for n in held:
-                n.swa_lock_ref += 1
-                self.swa_evictable_size_ -= len(n.value)
-                self.swa_protected_size_ += len(n.value)
+            self._swa_lock(held, +1)
             try:
                 r = super().evict(EvictParams(swa_num_tokens=params.swa_num_tokens - swa))
-            finally:
-                for n in held:  # a held node is never tombstoned nor deleted by the SWA pass
-                    n.swa_lock_ref -= 1
-                    self.swa_evictable_size_ += len(n.value)
-                    self.swa_protected_size_ -= len(n.value)
+            finally:  # a held node is never tombstoned nor deleted by the SWA pass
+                self._swa_lock(held, -1)
             full, swa = full + r.num_tokens_evicted, swa + r.swa_num_tokens_evicted
         if swa < params.swa_num_tokens:  # only sinks are left
             r = super().evict(EvictParams(swa_num_tokens=params.swa_num_tokens - swa))
@@ -248,7 +242,11 @@ class SWAASinkRadixCache(SWARadixCache):  # type: ignore[misc,valid-type]
 
     # -- locks: sinks are SWA-locked by every request whose path reaches them ------------
     def _sink_lock(self, node, delta: int) -> None:
-        for n in self._sink_nodes(node):
+        self._swa_lock(self._sink_nodes(node), delta)
+
+    def _swa_lock(self, nodes, delta: int) -> None:
+        """SWA-lock (+1) or unlock (-1) ``nodes``, moving them between SWA-evictable and -protected."""
+        for n in nodes:
             if delta > 0:
                 assert not n.swa_tombstone, f"sink lock on a tombstoned sink node {n.id}"
                 if n.swa_lock_ref == 0:

@@ -790,6 +790,21 @@ def test_stock_swa_radix_cache_fails_the_checks_with_sinks(page, window, keep_fi
     assert failures, "the invariant checks did not catch the stock cache losing sinks"
 
 
+def _serve(sim, prompt, decode_steps):
+    """One request alone: admitted (admit() checks its hit length against the oracle), prefilled and
+    decoded ``decode_steps`` steps, every step checked; not released."""
+    req = SimReq(sim.next_rid, prompt, 100, sim.K)
+    sim.next_rid += 1
+    assert sim.admit(req)
+    while req.state == "prefill":
+        sim.prefill_step(req)
+        sim.check_all()
+    for _ in range(decode_steps):
+        sim.decode_step(req, iterations=1)
+        sim.check_all()
+    return req
+
+
 @pytest.mark.parametrize("page", [1, 16, 64])
 def test_match_cuts_back_before_a_freed_sink(page):
     """A prefix whose sinks lost their SWA KV is reused only up to the first missing sink.
@@ -802,19 +817,7 @@ def test_match_cuts_back_before_a_freed_sink(page):
     sim = Sim(0, window=4, keep_first=3, chunk=100, page=page, cache_prompt=0.0, follow_up=0.0)
     prompt = list(range(1, 21)) if page == 1 else [1 + j % 29 for j in range(3 * page + 5)]
 
-    def run(prompt, decode_steps):
-        req = SimReq(sim.next_rid, prompt, 100, sim.K)
-        sim.next_rid += 1
-        assert sim.admit(req)
-        while req.state == "prefill":
-            sim.prefill_step(req)
-            sim.check_all()
-        for _ in range(decode_steps):
-            sim.decode_step(req, iterations=1)
-            sim.check_all()
-        return req
-
-    a = run(prompt, 8)
+    a = _serve(sim, prompt, 8)
     tokens_a = a.tokens
     assert a.kv.swa_evicted_seqlen > sim.K, "the scenario needs window eviction past the sinks"
     sim.release(a, is_insert=True)
@@ -832,11 +835,11 @@ def test_match_cuts_back_before_a_freed_sink(page):
     key = RadixKey(tokens_a[:-1]).page_aligned(page)
     _, _, stock_nodes = SWARadixCache._match_prefix_helper(sim.tc, key)
     assert stock_nodes > 0, "SGLang's rule alone would reuse this prefix"
-    b = run(tokens_a, 0)  # admit() checks the hit length against the oracle: here 0
+    b = _serve(sim, tokens_a, 0)  # admit() checks the hit length against the oracle: here 0
     assert b.hit == 0
     sim.release(b, is_insert=True)  # re-inserting live KV revives the tombstoned sinks
     sim.check_all()
-    c = run(tokens_a + [7, 7], 2)
+    c = _serve(sim, tokens_a + [7, 7], 2)
     assert c.hit == len(tokens_a) // page * page  # all of it (the tree holds whole pages)
     sim.release(c, is_insert=True)
     sim.drain()
@@ -853,20 +856,12 @@ def test_swa_pressure_frees_idle_sinks_last(page):
     n = 20 if page == 1 else 3 * page + 5
 
     def run(prompt, decode_steps):
-        req = SimReq(sim.next_rid, prompt, 100, sim.K)
-        sim.next_rid += 1
-        assert sim.admit(req)  # checks the hit length against the oracle
-        while req.state == "prefill":
-            sim.prefill_step(req)
-            sim.check_all()
-        for _ in range(decode_steps):
-            sim.decode_step(req, iterations=1)
-            sim.check_all()
+        req = _serve(sim, prompt, decode_steps)
         sim.release(req, is_insert=True)
         sim.check_all()
         return req
 
-    a = run([1 + j % 29 for j in range(n)], 8)  # two conversations, A the least recently used
+    run([1 + j % 29 for j in range(n)], 8)  # two conversations, A the least recently used
     b = run([31 + j % 29 for j in range(n)], 8)
 
     def nodes():  # (node, start position) of every node in the tree
